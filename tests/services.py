@@ -1,0 +1,152 @@
+"""Real services for integration tests, bound to 127.0.0.1 and stopped by whoever started them.
+
+- an S3 server: moto in server mode (speaks the real S3 wire protocol), as a subprocess;
+- an MLflow tracking server (sqlite backend store, proxied artifacts in the moto bucket);
+- a Ray local cluster on loopback only (see shared/RAY_MLFLOW_NOTES.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+# Fake credentials for the local moto server; real ones never appear in tests.
+TEST_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret-key-do-not-log",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.2)
+    raise RuntimeError(f"server did not answer {url} within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a process started with start_new_session=True, with everything it spawned."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+
+@contextlib.contextmanager
+def moto_server(workdir: Path) -> Iterator[S3Server]:
+    port = free_port()
+    log = workdir / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **TEST_AWS_ENV},
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/moto-api/", proc, 60, log)
+        env = {**TEST_AWS_ENV, "AWS_ENDPOINT_URL": url}
+        yield S3Server(url, env)
+    finally:
+        stop_process(proc)
+
+
+@dataclass
+class MlflowServer:
+    tracking_uri: str
+    artifacts_destination: str
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> Iterator[MlflowServer]:
+    port = free_port()
+    log = workdir / "mlflow-server.log"
+    db = workdir / "mlflow.db"
+    artifacts = f"s3://{bucket}/mlartifacts"
+    env = {
+        **os.environ,
+        **s3.env,
+        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+        # keep the server's own housekeeping quiet and local
+        "MLFLOW_TRACKING_URI": "",
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--host", "127.0.0.1", "--port", str(port),
+                "--backend-store-uri", f"sqlite:///{db}",
+                "--artifacts-destination", artifacts,
+                "--workers", "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=workdir,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/health", proc, 120, log)
+        yield MlflowServer(url, artifacts)
+    finally:
+        stop_process(proc)
+
+
+def ray_loopback_env(home: Path) -> dict[str, str]:
+    """Environment that keeps a local Ray cluster on 127.0.0.1 with its auth token in `home`."""
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "HOME": str(home),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }

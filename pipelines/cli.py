@@ -12,6 +12,7 @@ import sys
 
 # verb -> (module, one-line description). Only verbs that work end to end are listed here.
 VERBS: dict[str, tuple[str, str]] = {
+    "config": ("pipelines.config_cmd", "Validate an experiment YAML and print its fully resolved config."),
 }
 
 

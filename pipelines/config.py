@@ -366,37 +366,40 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "<overrides>") -> dict[str, Any]:
     """Apply `key.sub=value` overrides to the raw (unvalidated) mapping of an experiment file."""
     import copy
 
     data = copy.deepcopy(raw)
     for text in overrides:
-        parts, value = parse_override(text)
+        try:
+            parts, value = parse_override(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             where = ".".join(parts[: i + 1])
             if isinstance(node, list):
-                node = node[_list_index(part, node, where)]
+                node = node[_list_index(part, node, where, source)]
             elif isinstance(node, dict):
                 if node.get(part) is None:
                     node[part] = {}
                 node = node[part]
             else:
-                raise ConfigError(f"<overrides>: {where}: is a {type(node).__name__}, cannot set '{text}'")
+                raise ConfigError(f"{source}: {where}: is a {type(node).__name__}, cannot set '{text}'")
         last = parts[-1]
         if isinstance(node, list):
-            node[_list_index(last, node, ".".join(parts))] = value
+            node[_list_index(last, node, ".".join(parts), source)] = value
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise ConfigError(f"<overrides>: {'.'.join(parts[:-1])}: cannot set '{text}'")
+            raise ConfigError(f"{source}: {'.'.join(parts[:-1])}: cannot set '{text}'")
     return data
 
 
-def _list_index(part: str, node: list, where: str) -> int:
+def _list_index(part: str, node: list, where: str, source: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"<overrides>: {where}: not an index of a list of {len(node)} items")
+        raise ConfigError(f"{source}: {where}: not an index of a list of {len(node)} items")
     return int(part)
 
 
@@ -435,8 +438,8 @@ def build_experiment(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
     if overrides:
-        raw = apply_overrides(raw, list(overrides))
         source = f"{source} (with overrides {' '.join(overrides)})"
+        raw = apply_overrides(raw, list(overrides), source)
     for key in raw:
         if key not in _TOP_LEVEL_KEYS:
             raise ConfigError(f"{source}: {key}: unknown key{_suggest(key, list(_TOP_LEVEL_KEYS))}")

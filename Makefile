@@ -1,0 +1,40 @@
+# Two commands set everything up (`git clone`, `make setup`); `make demo` runs the main job and
+# `make test` runs everything CI runs. Each target creates the virtual environment if it is missing.
+#
+# torch comes first, pinned, so that nothing later pulls the multi-GB CUDA build from the registry.
+# GPU users pick their CUDA build, e.g.:
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ctvis-installed
+
+.PHONY: setup test test-fast demo bench clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# Everything CI runs: unit, integration (real Ray, moto S3 server, mlflow server) and parity tests.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Unit tests only (no servers, no Ray).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration and not slow"
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-runs:
+	rm -rf mlruns runs demo_output

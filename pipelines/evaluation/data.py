@@ -315,16 +315,19 @@ def load_predictions(source: str | os.PathLike | bytes | list) -> Predictions:
     else:
         name, raw = str(source), read_bytes(source)
     parts = FRAME_PATTERN.split(raw)
-    # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
-    try:
-        entries = json.loads(b"1".join(parts[0::4]))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        _parse_json(raw, name)  # re-parse the original text for an error message at the right place
-        raise InputError(f"{name}: not valid JSON") from None
+    table = FrameTable()
+    matched = table.add_many(parts[1::2])
+    entries = None
+    if matched is not None:
+        # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
+        try:
+            entries = json.loads(b"1".join(parts[0::2]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            entries = None
+    if entries is None:  # unusual text: parse it normally (and report errors at their true place)
+        return predictions_from_list(_parse_json(raw, name), name)
     if not isinstance(entries, list):
         raise InputError(f"{name}: results must be a JSON list of objects, got {type(entries).__name__}")
-    table = FrameTable()
-    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
     segmentation_lists = [_check_entry(entry, i, name) for i, entry in enumerate(entries)]
     flat = list(itertools.chain.from_iterable(segmentation_lists))
     try:

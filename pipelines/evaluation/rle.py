@@ -22,16 +22,18 @@ _AREA_CHUNK = 255
 # Pairs per batched `iou` call: the call costs ~25 us plus ~4 ns per (cross) pair, so ~64 is optimal.
 _PAIR_CHUNK = 64
 
-# One compressed-RLE frame as json.dump writes it (any whitespace): {"size": [h, w], "counts": "..."}.
-FRAME_PATTERN = re.compile(
-    rb'\{\s*"size"\s*:\s*\[\s*(\d+)\s*,\s*(\d+)\s*\]\s*,\s*"counts"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"\s*\}'
-)
+# One compressed-RLE frame as json.dump writes it, with or without spaces:
+# {"size": [h, w], "counts": "..."}; the group is the distinct part 'h, w], "counts": "...'.
+FRAME_PATTERN = re.compile(rb'\{"size": ?\[(\d+, ?\d+\], ?"counts": ?"[^"]*)"\}')
 
 
 def _unescape(counts: bytes) -> bytes:
     """JSON string body -> raw bytes (RLE strings contain a backslash, which JSON escapes)."""
     if b"\\" not in counts:
         return counts
+    plain = counts.replace(b"\\\\", b"\\")
+    if plain.count(b"\\") == counts.count(b"\\\\"):  # only escaped backslashes (the usual case)
+        return plain
     return json.loads(b'"' + counts + b'"').encode("ascii")
 
 
@@ -62,29 +64,28 @@ class FrameTable:
             self._widths.append(width)
         return index
 
-    def add_many(self, heights: list[bytes], widths: list[bytes], counts: list[bytes]) -> np.ndarray:
-        """Adds frames parsed by FRAME_PATTERN (escaped JSON bodies); returns their indices (n,)."""
-        n = len(counts)
+    def add_many(self, keys: list[bytes]) -> np.ndarray | None:
+        """Adds frames cut out by FRAME_PATTERN (its group); returns their indices (n,), or None when
+        a key is not a plain frame (an escaped quote inside the string): parse that file normally."""
+        n = len(keys)
+        distinct: dict[bytes, int] = {}
+        for key in dict.fromkeys(keys):
+            distinct[key] = len(distinct)
+        # Keys are distinct already: append without the (h, w, counts) index that add() keeps.
+        base = len(self.counts)
+        for key in distinct:
+            size, _, rest = key.partition(b"]")
+            counts = rest.split(b'"', 3)[3]
+            if (len(counts) - len(counts.rstrip(b"\\"))) % 2:
+                return None
+            height, width = size.split(b",")
+            self.counts.append(_unescape(counts))
+            self._heights.append(int(height))
+            self._widths.append(int(width))
+        mapping = np.arange(base, base + len(distinct), dtype=np.int64)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        distinct = {}
-        for key in dict.fromkeys(counts):
-            distinct[key] = len(distinct)
-        local = np.fromiter(map(distinct.__getitem__, counts), dtype=np.int64, count=n)
-        frame_h = np.array(heights).astype(np.int64)
-        frame_w = np.array(widths).astype(np.int64)
-        # Distinct ids were numbered in order of first appearance: a running max finds those.
-        first = np.flatnonzero(np.diff(np.maximum.accumulate(local), prepend=-1) > 0)
-        # The same counts string under two sizes (e.g. 180x320 and 320x180) are two masks.
-        odd = np.flatnonzero((frame_h != frame_h[first[local]]) | (frame_w != frame_w[first[local]]))
-        keys = list(distinct)
-        mapping = np.empty(len(keys), dtype=np.int64)
-        for j, key in enumerate(keys):
-            mapping[j] = self.add(int(frame_h[first[j]]), int(frame_w[first[j]]), _unescape(key))
-        result = mapping[local]
-        for i in odd:
-            result[i] = self.add(int(frame_h[i]), int(frame_w[i]), _unescape(counts[i]))
-        return result
+        return mapping[np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=n)]
 
     def finalize(self) -> "FrameTable":
         """Computes the area of every mask not measured yet (call after adding)."""

@@ -31,7 +31,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from .data import GroundTruth, Predictions
-from .rle import intersections
+from .rle import intersect_counts, intersections
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -117,9 +117,9 @@ def _segment_ranges(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.arange(len(owner)) - starts[owner]
 
 
-def _intersection_task(item):
-    table_a, ids_a, table_b, ids_b = item
-    return intersections(table_a, ids_a, table_b, ids_b)
+def _intersection_task(item: tuple) -> np.ndarray:
+    """One chunk of intersection work: (counts_a, counts_b, areas_a) -> intersections."""
+    return intersect_counts(*item)
 
 
 def pair_ious(gt: GroundTruth, preds: Predictions, dt_index: np.ndarray, gt_index: np.ndarray,
@@ -168,7 +168,8 @@ def pair_ious(gt: GroundTruth, preds: Predictions, dt_index: np.ndarray, gt_inde
         inter_frames = intersections(preds.table, ids_dt, gt.table, ids_gt)
     else:
         chunks = np.array_split(np.arange(len(frames)), max(1, min(len(frames) // 2048, 64)))
-        items = [(preds.table, ids_dt[c], gt.table, ids_gt[c]) for c in chunks]
+        items = [([preds.table.counts[i] for i in ids_dt[c].tolist()],
+                  [gt.table.counts[i] for i in ids_gt[c].tolist()], preds.table.areas[ids_dt[c]]) for c in chunks]
         inter_frames = np.concatenate(parallel_map(items)) if items else np.zeros(0, dtype=np.int64)
     inter = np.bincount(pair_of_frame[frames], weights=inter_frames, minlength=num_pairs)
     union = union_plus - inter

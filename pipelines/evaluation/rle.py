@@ -115,18 +115,21 @@ class FrameTable:
 
 def intersections(table_a: FrameTable, ids_a: np.ndarray, table_b: FrameTable, ids_b: np.ndarray) -> np.ndarray:
     """Pixel count of mask ids_a[j] AND mask ids_b[j] for every j (same-size masks), int64 (P,)."""
-    count = len(ids_a)
+    return intersect_counts([table_a.counts[i] for i in ids_a.tolist()],
+                            [table_b.counts[i] for i in ids_b.tolist()], table_a.areas[ids_a])
+
+
+def intersect_counts(counts_a: list[bytes], counts_b: list[bytes], areas_a: np.ndarray) -> np.ndarray:
+    """Intersections (P,) int64 of the compressed RLEs counts_a[j] and counts_b[j] (same mask size);
+    areas_a (P,) are the areas of counts_a."""
+    count = len(counts_a)
     out = np.zeros(count, dtype=np.int64)
-    if count == 0:
-        return out
     crowd = np.ones(_PAIR_CHUNK, dtype=np.uint8)
-    counts_a, counts_b = table_a.counts, table_b.counts
-    areas_a = table_a.areas[ids_a]
     for start in range(0, count, _PAIR_CHUNK):
         stop = min(count, start + _PAIR_CHUNK)
         # Pair j of the batch gets size [j + 1, 1]: every cross pair then has mismatched sizes.
-        left = [{"size": [j + 1, 1], "counts": counts_a[i]} for j, i in enumerate(ids_a[start:stop].tolist())]
-        right = [{"size": [j + 1, 1], "counts": counts_b[i]} for j, i in enumerate(ids_b[start:stop].tolist())]
+        left = [{"size": [j + 1, 1], "counts": c} for j, c in enumerate(counts_a[start:stop])]
+        right = [{"size": [j + 1, 1], "counts": c} for j, c in enumerate(counts_b[start:stop])]
         # With iscrowd=1 pycocotools returns intersection / area(left), exact in float64.
         ratio = np.diagonal(_mask.iou(left, right, crowd[: stop - start]))
         out[start:stop] = np.rint(ratio * areas_a[start:stop]).astype(np.int64)

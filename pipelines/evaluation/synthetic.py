@@ -74,9 +74,9 @@ def make_synthetic_case(config: SyntheticCaseConfig = SyntheticCaseConfig()) -> 
             category = int(rng.integers(1, config.num_categories + 1))
             first = int(rng.integers(0, num_frames // 3))
             last = int(rng.integers(2 * num_frames // 3, num_frames))
-            center = rng.uniform([20, 30], [height - 20, width - 30])
+            center = rng.uniform([0.1 * height, 0.1 * width], [0.9 * height, 0.9 * width])
             velocity = rng.uniform(-2.0, 2.0, size=2)
-            radii = rng.uniform([6, 8], [55, 90])
+            radii = rng.uniform([6, 8], [0.4 * height, 0.3 * width])
             gt_masks = _ellipse_track(rng, num_frames, height, width, first, last, center, velocity, radii)
             rles = _encode(gt_masks)
             areas = gt_masks.sum(axis=(0, 1))
@@ -116,7 +116,8 @@ def make_synthetic_case(config: SyntheticCaseConfig = SyntheticCaseConfig()) -> 
             rles = _encode(pred_masks)
             if rng.random() < 0.1:  # some writers leave absent frames null instead of empty
                 rles = [rle if pred_masks[:, :, t].any() else None for t, rle in enumerate(rles)]
-            other_labels = rng.choice(np.arange(1, config.num_categories + 1), size=per_track, replace=False)
+            other_labels = rng.choice(np.arange(1, config.num_categories + 1), size=min(per_track, config.num_categories),
+                                      replace=False)
             labels = [label] + [int(k) for k in other_labels if k != label][: per_track - 1]
             scores = [score] + list(rng.uniform(0.0, 0.08, size=len(labels) - 1))
             for k, s in zip(labels, scores):

@@ -2,7 +2,7 @@
 
 A `FrameTable` holds every distinct compressed RLE of a file once: an online tracker's top-k output
 re-emits the same track under several classes, so a results file repeats most masks many times.
-Areas and boxes are computed per distinct mask; intersections only for the (prediction frame, ground
+Areas are computed per distinct mask; intersections only for the (prediction frame, ground
 truth frame) pairs that can change a match (see `metrics.py`).
 
 pycocotools does the RLE decoding and run merging; its Python wrappers cost ~25 us per `iou` call,
@@ -48,7 +48,6 @@ class FrameTable:
         self.areas = np.zeros(0, dtype=np.int64)
         self.heights = np.zeros(0, dtype=np.int64)
         self.widths = np.zeros(0, dtype=np.int64)
-        self._boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -98,19 +97,7 @@ class FrameTable:
         self.areas = np.concatenate(parts)
         self.heights = np.asarray(self._heights, dtype=np.int64)
         self.widths = np.asarray(self._widths, dtype=np.int64)
-        self._boxes = None
         return self
-
-    def boxes(self, indices: np.ndarray) -> np.ndarray:
-        """Boxes [x, y, w, h] (n, 4) float64 of the masks `indices` (computed once, on demand)."""
-        if self._boxes is None:
-            self._boxes = np.full((len(self.counts), 4), np.nan)
-        indices = np.asarray(indices, dtype=np.int64)
-        missing = np.unique(indices[np.isnan(self._boxes[indices, 0])])
-        if len(missing):
-            rles = [{"size": [self._heights[i], self._widths[i]], "counts": self.counts[i]} for i in missing]
-            self._boxes[missing] = _mask.toBbox(rles).reshape(-1, 4)
-        return self._boxes[indices]
 
 
 def intersections(table_a: FrameTable, ids_a: np.ndarray, table_b: FrameTable, ids_b: np.ndarray) -> np.ndarray:

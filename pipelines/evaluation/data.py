@@ -164,6 +164,11 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
             if not segmentation:
                 frame_ids.append(-1)
                 continue
+            if type(segmentation) is dict and type(segmentation.get("counts")) is str \
+                    and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
+                # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
+                frame_ids.append(table.append(*segmentation["size"], segmentation["counts"]))
+                continue
             try:
                 h, w, counts = rle_from_segmentation(segmentation, height, width)
             except (ValueError, TypeError, KeyError) as error:

@@ -41,7 +41,7 @@ class FrameTable:
     """Distinct per-frame masks: compressed RLE counts (bytes) with their (height, width)."""
 
     def __init__(self) -> None:
-        self.counts: list[bytes] = []
+        self.counts: list[bytes | str] = []  # compressed RLE counts, as pycocotools takes them
         self._heights: list[int] = []
         self._widths: list[int] = []
         self._index: dict[tuple[int, int, bytes], int] = {}
@@ -62,6 +62,13 @@ class FrameTable:
             self._heights.append(height)
             self._widths.append(width)
         return index
+
+    def append(self, height: int, width: int, counts: bytes | str) -> int:
+        """Adds a mask without looking for an equal one already stored (ground truth rarely repeats)."""
+        self.counts.append(counts)
+        self._heights.append(height)
+        self._widths.append(width)
+        return len(self.counts) - 1
 
     def add_many(self, keys: list[bytes]) -> np.ndarray | None:
         """Adds frames cut out by FRAME_PATTERN (its group); returns their indices (n,), or None when

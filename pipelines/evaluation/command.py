@@ -62,8 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _format_table(title: str, names, stats) -> str:
-    cells = [f"{name:>13}" for name in names]
-    values = [f"{'-':>13}" if value == -1 else f"{100 * value:>13.2f}" for value in stats]
+    cells = [f"{name:>15}" for name in names]
+    values = [f"{'-':>15}" if value == -1 else f"{100 * value:>15.2f}" for value in stats]
     lines = [title]
     for start in range(0, len(cells), 6):
         lines.append("".join(cells[start:start + 6]))

@@ -13,6 +13,7 @@ import sys
 # verb -> (module, one-line description). Only verbs that work end to end are listed here.
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("pipelines.config_cmd", "Validate an experiment YAML and print its fully resolved config."),
+    "eval": ("pipelines.evaluation.command", "Official YouTube-VIS / OVIS / YTVIS-2022 metrics of a results file."),
 }
 
 

@@ -1,0 +1,12 @@
+"""Official YouTube-VIS / OVIS / YouTube-VIS 2022 evaluation, exact and fast, plus results writing.
+
+Modules (import them directly; this package imports nothing so that `ctvis eval` starts fast):
+
+- `data`: read ground truth and results files (plain or .gz) into flat arrays.
+- `metrics`: `evaluate(gt, preds, benchmark)` -> `Evaluation` (stats, precision, recall, per category).
+- `benchmarks`: `run_evaluation(...)` for ytvis / ovis / ytvis2022 (short / long split), input checks.
+- `writer`: model outputs -> official results JSON and the CodaLab submission zip.
+- `parallel`: spread the mask-intersection work over Ray workers.
+- `command`: the `ctvis eval` verb.
+- `synthetic`: deterministic synthetic ground truth and predictions (tests, benchmark).
+"""

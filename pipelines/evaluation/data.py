@@ -1,0 +1,356 @@
+"""Ground truth and predictions in the official YouTube-VIS / OVIS JSON formats, as flat arrays.
+
+Ground truth: `{"videos": [...], "categories": [...], "annotations": [{"id", "video_id",
+"category_id", "iscrowd", "segmentations": [per frame RLE | polygons | null], "areas": [...]}]}`.
+Results: `[{"video_id", "category_id", "score", "segmentations": [per frame RLE | null]}]`.
+
+Reading a results file does not build a Python dict per frame: the frames (`{"size": [h, w],
+"counts": "..."}`) are cut out of the text by one regular-expression pass and stored once per distinct
+mask, and only the remaining skeleton goes through `json`. Frames written in another layout fall back
+to ordinary parsing, so every valid file is read, fast or not.
+"""
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rle import FRAME_PATTERN, FrameTable, rle_from_segmentation
+
+# OVIS per-frame occlusion labels -> scores (the official oviseval.py table).
+OCCLUSION_SCORES = {"no_occlusion": 0.0, "slight_occlusion": 0.25, "severe_occlusion": 0.75}
+
+
+class InputError(ValueError):
+    """A ground-truth or results file that cannot be evaluated; the message names file and entry."""
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, expected a JSON file") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as error:
+            raise InputError(f"{path}: corrupt gzip file ({error})") from None
+    return raw
+
+
+def _parse_json(raw: bytes, source: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{source}: not valid JSON ({error})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{source}: not UTF-8 text ({error})") from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class GroundTruth:
+    """Videos, categories and the evaluated annotations (those of listed videos and categories).
+
+    Annotation arrays (N,) keep file order. Frames of annotation n: frame_ids[frame_offsets[n]:
+    frame_offsets[n + 1]], indices into `table` or -1 where the frame is null.
+    """
+
+    source: str
+    video_ids: np.ndarray       # (V,) sorted
+    video_heights: np.ndarray   # (V,)
+    video_widths: np.ndarray    # (V,)
+    video_lengths: np.ndarray   # (V,)
+    category_ids: np.ndarray    # (K,) sorted
+    category_names: list[str]
+    ann_ids: np.ndarray         # (N,)
+    ann_video: np.ndarray       # (N,) index into video_ids
+    ann_category: np.ndarray    # (N,) index into category_ids
+    ann_crowd: np.ndarray       # (N,) bool
+    ann_avg_area: np.ndarray    # (N,) mean of the JSON `areas` that are non-null and non-zero
+    ann_occ_score: np.ndarray   # (N,) OVIS occlusion score, NaN without `occlusion` labels
+    frame_offsets: np.ndarray   # (N + 1,)
+    frame_ids: np.ndarray       # (F,)
+    table: FrameTable
+    warnings: list[str]
+
+    @property
+    def has_occlusion(self) -> bool:
+        return bool(len(self.ann_occ_score)) and not np.isnan(self.ann_occ_score).any()
+
+    def video_index(self, video_ids: np.ndarray) -> np.ndarray:
+        """Raw video ids (n,) -> index into video_ids, -1 where the video is not listed."""
+        if len(self.video_ids) == 0:
+            return np.full(len(video_ids), -1, dtype=np.int64)
+        position = np.minimum(np.searchsorted(self.video_ids, video_ids), len(self.video_ids) - 1)
+        return np.where(self.video_ids[position] == video_ids, position, -1)
+
+
+def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
+    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict."""
+    if isinstance(source, dict):
+        name, dataset = "<ground truth>", source
+    else:
+        name = str(source)
+        dataset = _parse_json(read_bytes(source), name)
+    if not isinstance(dataset, dict):
+        raise InputError(f"{name}: ground truth must be a JSON object with videos, categories, annotations")
+    for key in ("videos", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise InputError(f"{name}: missing list '{key}'")
+    annotations = dataset.get("annotations") or []
+    if not isinstance(annotations, list):
+        raise InputError(f"{name}: 'annotations' must be a list")
+    warnings: list[str] = []
+
+    videos = {}
+    for i, video in enumerate(dataset["videos"]):
+        if not isinstance(video, dict):
+            raise InputError(f"{name}: videos[{i}] is not an object")
+        for key in ("id", "height", "width"):
+            if not _is_int(video.get(key)):
+                raise InputError(f"{name}: videos[{i}] needs an integer '{key}'")
+        length = video.get("length", len(video.get("file_names") or []))
+        videos[video["id"]] = (video["height"], video["width"], length)
+    video_ids = np.array(sorted(videos), dtype=np.int64)
+    categories = {}
+    for i, category in enumerate(dataset["categories"]):
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
+            raise InputError(f"{name}: categories[{i}] needs an integer 'id'")
+        categories[category["id"]] = str(category.get("name", category["id"]))
+    category_ids = np.array(sorted(categories), dtype=np.int64)
+    video_position = {int(v): i for i, v in enumerate(video_ids)}
+    category_position = {int(k): i for i, k in enumerate(category_ids)}
+
+    table = FrameTable()
+    ids, ann_video, ann_category, crowd, avg_area, occ_score = [], [], [], [], [], []
+    frame_ids: list[int] = []
+    offsets = [0]
+    seen_ids: set = set()
+    for i, ann in enumerate(annotations):
+        where = f"{name}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise InputError(f"{where} is not an object")
+        for key in ("id", "video_id", "category_id"):
+            if not _is_int(ann.get(key)):
+                raise InputError(f"{where} needs an integer '{key}'")
+        if ann["id"] in seen_ids:
+            raise InputError(f"{where}: duplicate annotation id {ann['id']}")
+        seen_ids.add(ann["id"])
+        segmentations = ann.get("segmentations")
+        if not isinstance(segmentations, list):
+            raise InputError(f"{where} (id {ann['id']}) needs a 'segmentations' list")
+        # The official evaluator keeps only annotations of listed videos and categories.
+        if ann["video_id"] not in video_position or ann["category_id"] not in category_position:
+            continue
+        height, width, _ = videos[ann["video_id"]]
+        for t, segmentation in enumerate(segmentations):
+            if not segmentation:
+                frame_ids.append(-1)
+                continue
+            if type(segmentation) is dict and type(segmentation.get("counts")) is str \
+                    and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
+                # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
+                frame_ids.append(table.append(*segmentation["size"], segmentation["counts"]))
+                continue
+            try:
+                h, w, counts = rle_from_segmentation(segmentation, height, width)
+            except (ValueError, TypeError, KeyError) as error:
+                raise InputError(f"{where} (id {ann['id']}) frame {t}: {error}") from None
+            frame_ids.append(table.add(h, w, counts))
+        offsets.append(len(frame_ids))
+        ids.append(ann["id"])
+        ann_video.append(video_position[ann["video_id"]])
+        ann_category.append(category_position[ann["category_id"]])
+        crowd.append(bool(ann.get("iscrowd", 0)))
+        areas = ann.get("areas")
+        if areas is None:
+            warnings.append(f"{where} (id {ann['id']}) has no 'areas'; using its mask areas")
+            avg_area.append(None)  # filled from the masks below
+        else:
+            if not isinstance(areas, list) or not all(a is None or _is_number(a) for a in areas):
+                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
+            # Area ranges use the JSON areas (official), their mean over non-null, non-zero frames.
+            present = [a for a in areas if a]
+            avg_area.append(float(np.array(present).mean()) if present else 0.0)
+        occlusion = ann.get("occlusion")
+        if occlusion is None:
+            occ_score.append(math.nan)
+        else:
+            try:
+                scores = sorted(OCCLUSION_SCORES[label] for label in occlusion if label is not None)
+            except (KeyError, TypeError):
+                raise InputError(f"{where} (id {ann['id']}): occlusion labels must be one of "
+                                 f"{sorted(OCCLUSION_SCORES)} or null") from None
+            if not scores:
+                raise InputError(f"{where} (id {ann['id']}): every occlusion label is null")
+            top = scores[-math.ceil(len(scores) / 2):]  # the most occluded half (official)
+            occ_score.append(sum(top) / len(top))
+    table.finalize()
+    frame_array = np.array(frame_ids, dtype=np.int64)
+    offsets_array = np.array(offsets, dtype=np.int64)
+    for n, value in enumerate(avg_area):
+        if value is None:
+            frames = frame_array[offsets_array[n]:offsets_array[n + 1]]
+            areas = table.areas[frames[frames >= 0]]
+            areas = areas[areas > 0]
+            avg_area[n] = float(areas.mean()) if len(areas) else 0.0
+    return GroundTruth(
+        source=name, video_ids=video_ids,
+        video_heights=np.array([videos[v][0] for v in video_ids.tolist()], dtype=np.int64),
+        video_widths=np.array([videos[v][1] for v in video_ids.tolist()], dtype=np.int64),
+        video_lengths=np.array([videos[v][2] for v in video_ids.tolist()], dtype=np.int64),
+        category_ids=category_ids, category_names=[categories[k] for k in category_ids.tolist()],
+        ann_ids=np.array(ids, dtype=np.int64), ann_video=np.array(ann_video, dtype=np.int64),
+        ann_category=np.array(ann_category, dtype=np.int64), ann_crowd=np.array(crowd, dtype=bool),
+        ann_avg_area=np.array(avg_area, dtype=np.float64),
+        ann_occ_score=np.array(occ_score, dtype=np.float64),
+        frame_offsets=offsets_array, frame_ids=frame_array, table=table, warnings=warnings,
+    )
+
+
+@dataclass
+class Predictions:
+    """Results entries (R,) in file order; frames as in GroundTruth (indices into `table`, -1 = null)."""
+
+    source: str
+    video_ids: np.ndarray      # (R,) raw video ids
+    category_ids: np.ndarray   # (R,) raw category ids
+    scores: np.ndarray         # (R,) float64
+    frame_offsets: np.ndarray  # (R + 1,)
+    frame_ids: np.ndarray      # (F,)
+    table: FrameTable
+    avg_area: np.ndarray       # (R,) mean mask area over non-null, non-empty entries (official)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.frame_offsets)
+
+
+def _check_entry(entry, index: int, source: str) -> list:
+    where = f"{source}: entry {index}"
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} is not an object")
+    for key in ("video_id", "category_id"):
+        if not _is_int(entry.get(key)):
+            raise InputError(f"{where} needs an integer '{key}' (got {entry.get(key)!r})")
+    if not _is_number(entry.get("score")):
+        raise InputError(f"{where} (video {entry['video_id']}) needs a finite number 'score' "
+                         f"(got {entry.get('score')!r})")
+    segmentations = entry.get("segmentations")
+    if not isinstance(segmentations, list):
+        raise InputError(f"{where} (video {entry['video_id']}) needs a 'segmentations' list")
+    return segmentations
+
+
+def _frame(value, table: FrameTable, where: str) -> int:
+    if not value:
+        return -1
+    if isinstance(value, dict) and "size" in value and "counts" in value:
+        size = value["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s > 0 for s in size)):
+            raise InputError(f"{where}: 'size' must be [height, width]")
+        try:
+            h, w, counts = rle_from_segmentation(value, size[0], size[1])
+        except (ValueError, TypeError, UnicodeEncodeError) as error:
+            raise InputError(f"{where}: {error}") from None
+        return table.add(h, w, counts)
+    raise InputError(f"{where}: a frame must be an RLE {{'size', 'counts'}} or null, got {str(value)[:60]}")
+
+
+def _finish(source, entries, segmentation_lists, frame_ids, table) -> Predictions:
+    table.finalize()
+    lengths = np.fromiter(map(len, segmentation_lists), dtype=np.int64, count=len(segmentation_lists))
+    offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    frame_ids = np.asarray(frame_ids, dtype=np.int64)
+    areas = np.where(frame_ids >= 0, table.areas[np.maximum(frame_ids, 0)], 0) if len(table) else \
+        np.zeros(len(frame_ids), dtype=np.int64)
+    owner = np.repeat(np.arange(len(entries)), lengths)
+    counted = areas > 0  # the official mean skips null frames and empty masks alike
+    total = np.bincount(owner, weights=np.where(counted, areas, 0).astype(np.float64), minlength=len(entries))
+    number = np.bincount(owner, weights=counted.astype(np.float64), minlength=len(entries))
+    avg_area = np.divide(total, number, out=np.zeros(len(entries)), where=number > 0)
+    return Predictions(
+        source=source,
+        video_ids=np.array([e["video_id"] for e in entries], dtype=np.int64),
+        category_ids=np.array([e["category_id"] for e in entries], dtype=np.int64),
+        scores=np.array([e["score"] for e in entries], dtype=np.float64),
+        frame_offsets=offsets, frame_ids=frame_ids, table=table, avg_area=avg_area,
+    )
+
+
+def predictions_from_list(entries: list, source: str = "<results>") -> Predictions:
+    """In-memory results (the official list of dicts) -> Predictions."""
+    if not isinstance(entries, list):
+        raise InputError(f"{source}: results must be a JSON list of objects, got {type(entries).__name__}")
+    table = FrameTable()
+    segmentation_lists = [_check_entry(entry, i, source) for i, entry in enumerate(entries)]
+    frame_ids = [_frame(value, table, f"{source}: entry {i} frame {t}")
+                 for i, segmentations in enumerate(segmentation_lists)
+                 for t, value in enumerate(segmentations)]
+    return _finish(source, entries, segmentation_lists, frame_ids, table)
+
+
+def load_predictions(source: str | os.PathLike | bytes | list) -> Predictions:
+    """Reads a results file (plain or .gz), raw JSON bytes, or an in-memory results list."""
+    if isinstance(source, list):
+        return predictions_from_list(source)
+    if isinstance(source, (bytes, bytearray)):
+        name, raw = "<results>", bytes(source)
+    else:
+        name, raw = str(source), read_bytes(source)
+    parts = FRAME_PATTERN.split(raw)
+    table = FrameTable()
+    matched = table.add_many(parts[1::2])
+    entries = None
+    if matched is not None:
+        # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
+        try:
+            entries = json.loads(b"1".join(parts[0::2]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            entries = None
+    if entries is None:  # unusual text: parse it normally (and report errors at their true place)
+        return predictions_from_list(_parse_json(raw, name), name)
+    if not isinstance(entries, list):
+        raise InputError(f"{name}: results must be a JSON list of objects, got {type(entries).__name__}")
+    segmentation_lists = [_check_entry(entry, i, name) for i, entry in enumerate(entries)]
+    flat = list(itertools.chain.from_iterable(segmentation_lists))
+    try:
+        values = np.array(flat, dtype=np.float64)  # placeholder 1.0, null NaN, anything else fails
+        fast = bool(np.isin(values[~np.isnan(values)], (0.0, 1.0)).all()) and \
+            int((values == 1.0).sum()) == len(matched)
+    except (TypeError, ValueError):
+        fast = False
+    if fast:
+        frame_ids = np.full(len(values), -1, dtype=np.int64)
+        frame_ids[values == 1.0] = matched
+    else:
+        next_match = iter(matched.tolist())
+        frame_ids = []
+        for i, segmentations in enumerate(segmentation_lists):
+            for t, value in enumerate(segmentations):
+                if _is_int(value) and value == 1:
+                    frame_ids.append(next(next_match))
+                else:
+                    frame_ids.append(_frame(value, table, f"{name}: entry {i} frame {t}"))
+    return _finish(name, entries, segmentation_lists, frame_ids, table)

@@ -1,8 +1,6 @@
 """Spreading the intersection work over a real local Ray cluster gives the same numbers."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -12,19 +10,7 @@ from pipelines.evaluation.metrics import evaluate
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture()
-def local_ray(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=os.path.join("/tmp", f"ray_eval_{os.getpid()}"))
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_map_equals_in_process(reference_dir, local_ray):
+def test_ray_map_equals_in_process(reference_dir, ray_local):
     from pipelines.evaluation.parallel import ray_intersection_map
 
     folder = reference_dir / "eval" / "b_ovis_like"

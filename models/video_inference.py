@@ -12,18 +12,18 @@ doing far less work than the released per-entry loop:
 * a track that appears in several top-k entries (one per class) is upsampled once and shared;
 * frames where a track's mask logits have no positive pixel produce an all-False mask and add
   nothing to the confidence (bilinear weights are a convex combination), so they are skipped;
-* when the first resize is an exact power-of-two upscale (the mask head's stride 4) and the second
-  one is the identity, only a window around each track's positive pixels is interpolated. With a
-  power-of-two scale the source coordinate ``scale * (dst + 0.5) - 0.5`` is exact in floating point,
-  so interpolating a crop gives bit-for-bit the values of the full-frame interpolation inside the
-  crop (border rows/columns, whose clamping differs, are cut off by a margin); outside the window
-  every output pixel mixes only non-positive logits and is False.
+* a same-size second resize is the identity and is skipped; the sigmoid is only summed where the
+  mask is on.
+
+Not done, on purpose: interpolating only a window around the object. It looks exact for
+power-of-two scales, but the CPU kernel's rounding depends on where a pixel sits in the output
+buffer, so a cropped interpolation differs from the full one in the last bit (measured), which can
+flip mask pixels whose logit is ~0.
 
 Shapes: N tracks, T frames, K classes (K+1 logits), h, w mask size, H, W output size, k top-k.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -57,34 +57,6 @@ class VideoInstances:
     def masks(self) -> Tensor:
         """(k, T, H, W) bool."""
         return self.track_masks[self.mask_index.to(self.track_masks.device)]
-
-
-def _power_of_two_factor(source: int, target: int) -> int | None:
-    """k with target == source * 2**k (k >= 0), else None."""
-    if source <= 0 or target < source or target % source:
-        return None
-    ratio = target // source
-    return int(math.log2(ratio)) if ratio & (ratio - 1) == 0 else None
-
-
-def _exact_output_range(out_lo: int, out_hi: int, src_lo: int, src_hi: int, src_size: int, factor: int
-                        ) -> tuple[int, int, int]:
-    """Window arithmetic for an exact power-of-two upscale by ``factor``.
-
-    Interpolating source rows [src_lo, src_hi) to ``(src_hi - src_lo) * factor`` rows reproduces the
-    full-frame result for output rows d (full-frame coordinates) whose source coordinate
-    ``(d + 0.5) / factor - 0.5`` is not clamped differently: it must be >= src_lo (unless src_lo is
-    the frame border) and its floor < src_hi - 1 (unless src_hi is the border). Returns the crop
-    offset (src_lo * factor) and the exact full-frame output range clipped to [out_lo, out_hi).
-    """
-    first, last = out_lo, out_hi
-    if src_lo > 0:
-        # smallest d with (d + 0.5) / factor - 0.5 >= src_lo
-        first = max(first, math.ceil((src_lo + 0.5) * factor - 0.5))
-    if src_hi < src_size:
-        # largest d with floor((d + 0.5) / factor - 0.5) <= src_hi - 2, i.e. (d+0.5)/factor - 0.5 < src_hi - 1
-        last = min(last, math.ceil((src_hi - 0.5) * factor - 0.5))
-    return src_lo * factor, first, last
 
 
 def _chunk_statistics(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,65 +111,32 @@ def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[
     masks = pred_masks[unique_tracks]                                        # (U, T, h, w)
     num_unique = masks.shape[0]
 
-    # Frames whose logits have no positive pixel give an all-False mask and add nothing.
-    positive = masks > 0
-    rows_any = positive.any(dim=-1)                                          # (U, T, h)
-    cols_any = positive.any(dim=-2)                                          # (U, T, w)
-    present = rows_any.any(dim=-1)                                           # (U, T)
-    row_lo = torch.where(rows_any, torch.arange(mask_h, device=device), mask_h).amin(-1)
-    row_hi = torch.where(rows_any, torch.arange(mask_h, device=device), -1).amax(-1) + 1
-    col_lo = torch.where(cols_any, torch.arange(mask_w, device=device), mask_w).amin(-1)
-    col_hi = torch.where(cols_any, torch.arange(mask_w, device=device), -1).amax(-1) + 1
-    boxes = torch.stack([row_lo, row_hi, col_lo, col_hi], dim=-1).cpu().numpy()  # (U, T, 4)
+    # A plane whose logits have no positive pixel upsamples to non-positive values only (bilinear
+    # weights are >= 0): an all-False mask that adds nothing to the confidence. Skip it.
+    present = (masks > 0).flatten(2).any(dim=-1)                             # (U, T)
     present_host = present.cpu().numpy()
 
     track_masks = torch.zeros(num_unique, num_frames, out_h, out_w, dtype=torch.bool, device=mask_device)
     numerator = torch.zeros(num_unique, dtype=torch.float64, device=device)
     denominator = torch.zeros(num_unique, dtype=torch.float64, device=device)
 
-    factor_h = _power_of_two_factor(mask_h, padded_h)
-    factor_w = _power_of_two_factor(mask_w, padded_w)
-    windowed = (factor_h is not None and factor_w is not None and (out_h, out_w) == (image_h, image_w))
-
-    if windowed:
-        scale_h, scale_w = 2 ** factor_h, 2 ** factor_w
-        frames_per_chunk = max(1, planes_per_chunk)
-        for unique_index in range(num_unique):
-            frames = np.flatnonzero(present_host[unique_index])
-            for start in range(0, frames.size, frames_per_chunk):
-                chunk_frames = frames[start:start + frames_per_chunk]
-                box = boxes[unique_index, chunk_frames]
-                # Source window = positive pixels + 2 (so every possibly-positive output is exact).
-                src_r0, src_r1 = max(0, int(box[:, 0].min()) - 2), min(mask_h, int(box[:, 1].max()) + 2)
-                src_c0, src_c1 = max(0, int(box[:, 2].min()) - 2), min(mask_w, int(box[:, 3].max()) + 2)
-                offset_r, out_r0, out_r1 = _exact_output_range(0, image_h, src_r0, src_r1, mask_h, scale_h)
-                offset_c, out_c0, out_c1 = _exact_output_range(0, image_w, src_c0, src_c1, mask_w, scale_w)
-                if out_r0 >= out_r1 or out_c0 >= out_c1:
-                    continue
-                frames_t = torch.from_numpy(chunk_frames).to(device)
-                crop = masks[unique_index, frames_t, src_r0:src_r1, src_c0:src_c1]
-                upsampled = F.interpolate(crop[:, None], size=((src_r1 - src_r0) * scale_h, (src_c1 - src_c0) * scale_w),
-                                          mode="bilinear", align_corners=False)[:, 0]
-                window = upsampled[:, out_r0 - offset_r:out_r1 - offset_r, out_c0 - offset_c:out_c1 - offset_c]
-                binary, plane_numerator, plane_denominator = _chunk_statistics(window)
-                numerator[unique_index] += plane_numerator.sum()
-                denominator[unique_index] += plane_denominator.sum()
-                track_masks[unique_index, frames_t.to(mask_device), out_r0:out_r1, out_c0:out_c1] = \
-                    binary.to(mask_device)
-    else:
-        plane_track, plane_frame = (torch.from_numpy(a) for a in np.nonzero(present_host))
-        for start in range(0, plane_track.numel(), planes_per_chunk):
-            chunk_track = plane_track[start:start + planes_per_chunk].to(device)
-            chunk_frame = plane_frame[start:start + planes_per_chunk].to(device)
-            planes = masks[chunk_track, chunk_frame][:, None]                # (p, 1, h, w)
-            planes = F.interpolate(planes, size=(padded_h, padded_w), mode="bilinear", align_corners=False)
-            planes = planes[:, :, :image_h, :image_w]
-            if (out_h, out_w) != (image_h, image_w):
-                planes = F.interpolate(planes, size=(out_h, out_w), mode="bilinear", align_corners=False)
-            binary, plane_numerator, plane_denominator = _chunk_statistics(planes[:, 0])
-            numerator.index_add_(0, chunk_track, plane_numerator)
-            denominator.index_add_(0, chunk_track, plane_denominator)
-            track_masks[chunk_track.to(mask_device), chunk_frame.to(mask_device)] = binary.to(mask_device)
+    # Every (track, frame) plane with a positive logit, upsampled in chunks of planes_per_chunk.
+    # F.interpolate computes each plane independently of the batch it is in, so regrouping the
+    # released (5 entries x 5 frames) chunks into planes changes no bit.
+    plane_track, plane_frame = (torch.from_numpy(a) for a in np.nonzero(present_host))
+    for start in range(0, plane_track.numel(), planes_per_chunk):
+        chunk_track = plane_track[start:start + planes_per_chunk].to(device)
+        chunk_frame = plane_frame[start:start + planes_per_chunk].to(device)
+        planes = masks[chunk_track, chunk_frame][:, None]                    # (p, 1, h, w)
+        planes = F.interpolate(planes, size=(padded_h, padded_w), mode="bilinear", align_corners=False)
+        planes = planes[:, :, :image_h, :image_w]
+        # A same-size bilinear resize is the identity (weights 1 and 0): skip it.
+        if (out_h, out_w) != (image_h, image_w):
+            planes = F.interpolate(planes, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        binary, plane_numerator, plane_denominator = _chunk_statistics(planes[:, 0])
+        numerator.index_add_(0, chunk_track, plane_numerator)
+        denominator.index_add_(0, chunk_track, plane_denominator)
+        track_masks[chunk_track.to(mask_device), chunk_frame.to(mask_device)] = binary.to(mask_device)
 
     # float32 like the released code (its count + 1e-6 rounds in float32).
     confidence = numerator.to(topk_scores.dtype) / (denominator.to(topk_scores.dtype) + 1e-6)

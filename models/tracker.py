@@ -127,8 +127,10 @@ def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
     only the rare logits in between are evaluated with the real sigmoid.
     """
     binary = mask_logits > 0
-    ambiguous = binary & (mask_logits <= _SIGMOID_AMBIGUOUS_LOGIT)
-    binary[ambiguous] = mask_logits[ambiguous].sigmoid() > 0.5
+    # Almost never true: one comparison and an early-exit equality instead of boolean indexing.
+    if not torch.equal(binary, mask_logits > _SIGMOID_AMBIGUOUS_LOGIT):
+        ambiguous = binary & (mask_logits <= _SIGMOID_AMBIGUOUS_LOGIT)
+        binary[ambiguous] = mask_logits[ambiguous].sigmoid() > 0.5
     return binary
 
 

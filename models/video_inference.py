@@ -12,8 +12,8 @@ doing far less work than the released per-entry loop:
 * a track that appears in several top-k entries (one per class) is upsampled once and shared;
 * frames where a track's mask logits have no positive pixel produce an all-False mask and add
   nothing to the confidence (bilinear weights are a convex combination), so they are skipped;
-* a same-size second resize is the identity and is skipped; the sigmoid is only summed where the
-  mask is on.
+* a same-size second resize is the identity and is skipped; the sigmoid is only evaluated where
+  the mask is on.
 
 Not done, on purpose: interpolating only a window around the object. It looks exact for
 power-of-two scales, but the CPU kernel's rounding depends on where a pixel sits in the output
@@ -66,8 +66,11 @@ def _chunk_statistics(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     sigmoid over the positive pixels and float64 (p,) their count.
     """
     binary = logits > 0
-    numerator = torch.where(binary, logits.sigmoid(), torch.zeros((), dtype=logits.dtype, device=logits.device))
-    return binary, numerator.flatten(1).sum(1).double(), binary.flatten(1).sum(1).double()
+    # The sigmoid is only needed where the mask is on (a small part of the frame): selecting those
+    # pixels plane by plane is ~2x faster than a full-frame sigmoid (measured), and each plane keeps
+    # torch's pairwise float32 sum. p is a chunk of planes, not a per-pixel loop.
+    numerator = torch.stack([plane[on].sigmoid().sum() for plane, on in zip(logits, binary)])
+    return binary, numerator.double(), binary.flatten(1).sum(1).double()
 
 
 @torch.no_grad()

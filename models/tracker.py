@@ -10,8 +10,9 @@ tracklets, N output tracks.
 Where the work goes (and why it is fast):
 
 * heavy tensor work stays on the input's device and is batched: score sort, mask binarisation,
-  the pairwise mask IoU of all candidates in one matmul, the bi-softmax / cosine match matrix, the
-  memory-bank update of all matched tracklets at once;
+  the pairwise mask IoU (an exact area/box bound, then integer intersections of the few pairs that
+  can overlap), the bi-softmax / cosine match matrix, the memory-bank update of all matched
+  tracklets at once;
 * the inherently sequential decisions (greedy NMS over the QxQ overlap matrix, greedy matching in
   score order) run on small host copies of those matrices, one transfer each per frame;
 * the video bookkeeping (which track is present in which frame, noise-track deletion) is a few
@@ -139,22 +140,56 @@ def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
 
     binary_masks: (n, h, w) bool, sorted by descending score. Mask j is dropped when a kept mask
     i < j has IoU ``(inter + 1e-6) / (union + 1e-6) > nms_thr`` (the released formula, so two
-    empty masks have IoU 1). All pairwise intersections come from one matmul of the flattened
-    masks; the suppression itself is a cheap sequential pass over the n x n overlap matrix.
+    empty masks have IoU 1). The suppression is a cheap sequential pass over the n x n overlap
+    matrix, built without a per-pair loop:
+
+    * an upper bound of every pair's IoU from integer areas and bounding boxes
+      (inter <= min(area_i, area_j, box overlap), union >= max(area_i, area_j)) rules out most pairs;
+    * the remaining pairs get their exact integer intersection, by one gathered AND-count when
+      they are few, else by one matmul of the flattened masks.
     """
-    num = binary_masks.shape[0]
+    num, height, width = binary_masks.shape
     keep = np.ones(num, dtype=bool)
     if num <= 1:
         return keep
+    device = binary_masks.device
     flat = binary_masks.reshape(num, -1)
-    # 0/1 products summed in float32 are exact integers (up to 2^24 pixels per mask).
-    flat_float = flat.to(torch.float32)
-    intersection = (flat_float @ flat_float.T).round_().to(torch.long)
-    area = flat.sum(dim=1)
-    union = area[:, None] + area[None, :] - intersection
+    area = flat.sum(dim=1)                                                   # (n,) long
+    rows_on = binary_masks.any(dim=2)                                        # (n, h)
+    cols_on = binary_masks.any(dim=1)                                        # (n, w)
+    row_index = torch.arange(height, device=device)
+    col_index = torch.arange(width, device=device)
+    top = torch.where(rows_on, row_index, height).amin(1)
+    bottom = torch.where(rows_on, row_index, -1).amax(1)
+    left = torch.where(cols_on, col_index, width).amin(1)
+    right = torch.where(cols_on, col_index, -1).amax(1)
+    box_h = (torch.minimum(bottom[:, None], bottom[None]) - torch.maximum(top[:, None], top[None]) + 1).clamp(min=0)
+    box_w = (torch.minimum(right[:, None], right[None]) - torch.maximum(left[:, None], left[None]) + 1).clamp(min=0)
+    inter_bound = torch.minimum(box_h * box_w, torch.minimum(area[:, None], area[None]))
+    union_bound = torch.maximum(area[:, None], area[None])
+    iou_bound = (inter_bound.double() + 1e-6) / (union_bound.double() + 1e-6)
+    # The float32 IoU is within a few ulps of the exact one: a 1e-6 slack keeps the bound safe.
+    candidates = torch.triu(iou_bound > nms_thr - 1e-6, diagonal=1)
+    pairs = candidates.nonzero()                                             # (P, 2)
+    if pairs.shape[0] == 0:
+        return keep
+    if pairs.shape[0] <= num:
+        first, second = pairs[:, 0], pairs[:, 1]
+        intersection = (flat[first] & flat[second]).sum(dim=1)
+    else:
+        # 0/1 products summed in float32 are exact integers (up to 2^24 pixels per mask).
+        flat_float = flat.to(torch.float32)
+        intersection_all = (flat_float @ flat_float.T).round_().to(torch.long)
+        first, second = pairs[:, 0], pairs[:, 1]
+        intersection = intersection_all[first, second]
+    union = area[first] + area[second] - intersection
     iou = (intersection + 1e-6) / (union + 1e-6)
-    overlaps = torch.triu(iou > nms_thr, diagonal=1).cpu().numpy()
-    for i in np.flatnonzero(overlaps.any(axis=1)):
+    overlapping = pairs[iou > nms_thr].cpu().numpy()
+    if overlapping.shape[0] == 0:
+        return keep
+    overlaps = np.zeros((num, num), dtype=bool)
+    overlaps[overlapping[:, 0], overlapping[:, 1]] = True
+    for i in np.unique(overlapping[:, 0]):
         if keep[i]:
             keep &= ~overlaps[i]
     return keep

@@ -205,24 +205,38 @@ def test_hungarian_is_optimal_and_keeps_threshold_ties():
     assert greedy_match(tie, np.array([1]), 0.3, frame_weight=False).tolist() == [-1]  # greedy needs > thr
 
 
+def _pairwise_nms(masks, thr):
+    expected = [True] * masks.shape[0]
+    for i in range(masks.shape[0]):
+        if not expected[i]:
+            continue
+        for j in range(i + 1, masks.shape[0]):
+            inter = (masks[i] & masks[j]).sum()
+            union = (masks[i] | masks[j]).sum()
+            if expected[j] and (inter + 1e-6) / (union + 1e-6) > thr:
+                expected[j] = False
+    return expected
+
+
 def test_mask_nms_matches_pairwise_definition():
     generator = torch.Generator().manual_seed(3)
-    masks = torch.rand(12, 16, 16, generator=generator) > 0.5
+    masks = torch.rand(12, 16, 16, generator=generator) > 0.5    # dense: many candidate pairs (matmul path)
     masks[5] = masks[2]
     masks[7] = False
     masks[9] = False                                        # two empty masks: IoU 1 -> the later one goes
     keep = mask_nms_keep(masks, 0.6)
-    expected = [True] * 12
-    for i in range(12):
-        if not expected[i]:
-            continue
-        for j in range(i + 1, 12):
-            inter = (masks[i] & masks[j]).sum().item()
-            union = (masks[i] | masks[j]).sum().item()
-            if expected[j] and (inter + 1e-6) / (union + 1e-6) > 0.6:
-                expected[j] = False
-    assert keep.tolist() == expected
+    assert keep.tolist() == _pairwise_nms(masks, 0.6)
     assert not keep[5] and not keep[9] and keep[7]
+    # Sparse boxes (few candidate pairs: gathered path), IoUs spread around the threshold.
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        masks = torch.zeros(15, 20, 24, dtype=torch.bool)
+        for q in range(15):
+            y, x = (int(v) for v in torch.randint(0, 14, (2,), generator=generator))
+            hh, ww = (int(v) for v in torch.randint(2, 7, (2,), generator=generator))
+            masks[q, y:y + hh, x:x + ww] = True
+        for thr in (0.3, 0.6):
+            assert mask_nms_keep(masks, thr).tolist() == _pairwise_nms(masks, thr), (seed, thr)
 
 
 def test_binarize_equals_sigmoid_threshold_near_zero():

@@ -1,0 +1,127 @@
+"""Video post-processing: parity with the released inference_video fixture and with the loop oracle
+on every path (windowed power-of-two, general resize), plus clip-chunked whole-video inference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.tracker import TrackerConfig, track_video
+from models.video_inference import VideoInstances, infer_video, inference_video
+from tests.tracker_oracle import oracle_inference_video, synthetic_detections
+
+
+@pytest.fixture(scope="module")
+def fixture(reference_dir):
+    data = np.load(reference_dir / "model" / "tracker_r50_ytvis19.npz")
+    return {key: data[key] for key in data.files}
+
+
+@pytest.mark.parity
+def test_matches_released_inference_video(fixture):
+    shape = tuple(int(v) for v in fixture["video_pred_masks_shape"])
+    expected_masks = np.unpackbits(fixture["video_pred_masks_packed"], axis=-1, count=shape[-1]).astype(bool)
+    expected_masks = expected_masks.reshape(shape)
+    result = inference_video(torch.from_numpy(fixture["out_pred_logits"]), torch.from_numpy(fixture["out_pred_masks"]),
+                             padded_size=tuple(fixture["video_image_tensor_size"][-2:]),
+                             image_size=tuple(fixture["video_image_size"]),
+                             output_size=tuple(fixture["video_out_size"]), num_topk=40)
+    np.testing.assert_array_equal(result.labels.numpy(), fixture["video_pred_labels"])
+    np.testing.assert_allclose(result.scores.numpy(), fixture["video_pred_scores"], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(result.masks.numpy(), expected_masks)
+    # Entries of one track share one upsampled mask.
+    assert result.track_masks.shape[0] == len(np.unique(fixture["video_topk_track_index"]))
+
+
+@pytest.mark.parity
+def test_tracker_then_post_processing_end_to_end(fixture):
+    tracks, _ = track_video(TrackerConfig(num_classes=40), torch.from_numpy(fixture["in_pred_logits"]),
+                            torch.from_numpy(fixture["in_pred_masks"]), torch.from_numpy(fixture["in_pred_embeds"]))
+    result = inference_video(tracks.pred_logits, tracks.pred_masks, (128, 128), (120, 124), (96, 112), num_topk=40)
+    np.testing.assert_array_equal(result.labels.numpy(), fixture["video_pred_labels"])
+    np.testing.assert_allclose(result.scores.numpy(), fixture["video_pred_scores"], atol=1e-6, rtol=0)
+
+
+# (padded, image, output): identity second resize with and without padding, 2x output, non-integer
+# output, downscale.
+SIZE_CASES = [
+    ((96, 160), (96, 160), (96, 160)),
+    ((96, 160), (90, 150), (90, 150)),
+    ((96, 160), (90, 150), (180, 300)),
+    ((96, 160), (90, 150), (77, 131)),
+    ((96, 160), (96, 160), (40, 64)),
+]
+
+
+@pytest.mark.parametrize("padded,image,output", SIZE_CASES)
+def test_matches_loop_oracle_on_every_path(padded, image, output):
+    logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=4)
+    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    result = inference_video(tracks.pred_logits, tracks.pred_masks, padded, image, output, num_topk=40)
+    scores, labels, expected_masks = oracle_inference_video(tracks.pred_logits, tracks.pred_masks, padded, image,
+                                                            output, num_topk=40)
+    assert torch.equal(result.labels, labels)
+    assert torch.equal(result.masks, expected_masks)
+    torch.testing.assert_close(result.scores, scores, atol=1e-6, rtol=0)
+    assert result.masks.shape == (40, 12, *output) and result.image_size == output
+
+
+def test_interpolation_is_batch_invariant():
+    """Regrouping planes (the released 5x5 chunks vs our plane chunks) must not change any bit."""
+    generator = torch.Generator().manual_seed(0)
+    planes = torch.randn(7, 1, 30, 44, generator=generator) * 5
+    for size in ((120, 176), (77, 131)):
+        batched = torch.nn.functional.interpolate(planes, size=size, mode="bilinear", align_corners=False)
+        single = torch.cat([torch.nn.functional.interpolate(p[None], size=size, mode="bilinear", align_corners=False)
+                            for p in planes])
+        grouped = torch.nn.functional.interpolate(planes[:6].reshape(2, 3, 30, 44), size=size, mode="bilinear",
+                                                  align_corners=False).reshape(6, 1, *size)
+        assert torch.equal(batched, single) and torch.equal(batched[:6], grouped)
+
+
+def test_empty_and_small_inputs():
+    empty = inference_video(torch.zeros(0, 5), torch.zeros(0, 3, 8, 8), (32, 32), (32, 32), (32, 32), num_topk=4)
+    assert isinstance(empty, VideoInstances) and len(empty) == 0 and empty.masks.shape == (0, 3, 32, 32)
+    # Fewer track x class pairs than num_topk: every pair is returned.
+    small = inference_video(torch.randn(1, 3), torch.randn(1, 2, 8, 8), (32, 32), (32, 32), (32, 32), num_topk=10)
+    assert len(small) == 2 and sorted(small.labels.tolist()) == [0, 1]
+    with pytest.raises(ValueError, match="exceeds padded_size"):
+        inference_video(torch.randn(1, 3), torch.randn(1, 2, 8, 8), (32, 32), (40, 32), (32, 32), num_topk=2)
+
+
+def test_infer_video_chunks_equal_whole_video():
+    logits, masks, embeds = synthetic_detections(11, mask_size=(24, 40), seed=2)
+    frames = torch.arange(11, dtype=torch.float32)[:, None, None, None].expand(11, 3, 96, 160)
+    calls = []
+
+    def frame_forward(images):
+        index = images[:, 0, 0, 0].long()
+        calls.append(index.numel())
+        return {"pred_logits": logits[index], "pred_masks": masks[index], "pred_embeds": embeds[index]}
+
+    config = TrackerConfig(num_classes=40)
+    instances, tracks = infer_video(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
+                                    num_topk=40, chunk_size=4)
+    assert calls == [4, 4, 3]
+    expected_tracks, _ = track_video(config, logits, masks, embeds)
+    assert torch.equal(tracks.track_ids, expected_tracks.track_ids)
+    expected = inference_video(expected_tracks.pred_logits, expected_tracks.pred_masks, (96, 160), (90, 150),
+                               (90, 150), num_topk=40)
+    assert torch.equal(instances.scores, expected.scores) and torch.equal(instances.masks, expected.masks)
+    with pytest.raises(KeyError, match="pred_embeds"):
+        infer_video(lambda images: {"pred_logits": logits[:1], "pred_masks": masks[:1]}, frames[:1], config,
+                    (90, 150), (90, 150), num_topk=40)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=4)
+    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    for padded, image, output in SIZE_CASES:
+        cpu = inference_video(tracks.pred_logits, tracks.pred_masks, padded, image, output, num_topk=40)
+        gpu = inference_video(tracks.pred_logits.cuda(), tracks.pred_masks.cuda(), padded, image, output, num_topk=40)
+        assert torch.equal(gpu.labels.cpu(), cpu.labels)
+        torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-6, rtol=0)
+        mismatched = (gpu.masks.cpu() != cpu.masks).sum().item()
+        assert mismatched <= 10, mismatched  # kernels differ: only pixels with a logit ~0 may flip

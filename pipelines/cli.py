@@ -12,6 +12,7 @@ import sys
 
 # verb -> (module, one-line description). Only verbs that work end to end are listed here.
 VERBS: dict[str, tuple[str, str]] = {
+    "data": ("pipelines.data.cli", "synthesise, ingest, inspect and export VIS datasets"),
 }
 
 

@@ -22,7 +22,7 @@ import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pipelines import storage
 from pipelines.data import shards as shards_mod
@@ -53,6 +53,10 @@ class IngestOptions:
     cpus_per_task: float = 1.0
     io_threads: int = 8  # frame fetches in flight per task
     verify_frames: bool = True  # decode every frame once (finds corrupt JPEGs)
+    # Environment variables for the Ray tasks (e.g. `storage_env_vars()` where the cluster's
+    # workers lack the driver's AWS_* settings). They travel in the task's runtime_env, so prefer
+    # cluster-side credentials (instance roles, node env) in production.
+    worker_env: Optional[Mapping[str, str]] = None
 
 
 @dataclasses.dataclass
@@ -313,6 +317,16 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
     return manifest
 
 
+STORAGE_ENV_PREFIXES = ("AWS_",)
+
+
+def storage_env_vars() -> dict[str, str]:
+    """The driver's AWS_* variables (endpoint, region, credentials), to hand to Ray workers."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+
+
 def _finished(job: ShardJob) -> Optional[dict]:
     try:
         marker = storage.read_json(job.marker_uri)
@@ -336,8 +350,9 @@ def _run(jobs: list[ShardJob], options: IngestOptions):
 
     if not ray.is_initialized():
         ray.init()
+    extra = {"runtime_env": {"env_vars": dict(options.worker_env)}} if options.worker_env else {}
     remote = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=2,
-                                             retry_exceptions=[OSError])
+                                             retry_exceptions=[OSError], **extra)
     pending = list(jobs)
     in_flight: list = []
     try:

@@ -195,6 +195,7 @@ def build_clip_dataset(
     decode_workers: Optional[int] = None,
     cpus_per_decoder: float = 1.0,
     clips_per_block: int = 2,
+    worker_env: Optional[dict] = None,
 ):
     """A Ray Dataset of augmented clip rows for one epoch (positions >= `start_position`).
 
@@ -202,6 +203,7 @@ def build_clip_dataset(
     the datasets (same fields: name, ratio, shards). Each row holds ``frames`` (T,3,h,w) uint8,
     ``masks_packed`` (np.packbits of the (T,N,h,w) masks), ``gt_ids`` (T,N), ``gt_classes`` (N,),
     ``image_sizes`` (T,2), ``video_id``, ``frame_indices`` (T,), ``dataset_index``, ``position``.
+    worker_env: environment variables for the decoder actors (see `ingest.storage_env_vars`).
     """
     import ray
 
@@ -220,6 +222,7 @@ def build_clip_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_decoder,
+        **({"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}),
     )
 
 

@@ -171,8 +171,13 @@ def _tracks(rng: np.random.Generator, cfg: SynthConfig, length: int) -> list[_Tr
     return tracks
 
 
-def render_video(cfg: SynthConfig, index: int, length: int) -> tuple[list[np.ndarray], list[int], list[list[Optional[np.ndarray]]]]:
-    """Frames (uint8 HxWx3), the class index of each track, and visible masks [track][frame] (None = absent)."""
+def render_video(cfg: SynthConfig, index: int, length: int, only_frame: Optional[int] = None
+                 ) -> tuple[list[np.ndarray], list[int], list[list[Optional[np.ndarray]]]]:
+    """Frames (uint8 HxWx3), the class index of each track, and visible masks [track][frame] (None = absent).
+
+    `only_frame`: render just that frame of the video (COCO images: the middle frame of a short
+    video, where every track is on screen).
+    """
     rng = np.random.default_rng([cfg.seed, index])
     h, w = cfg.height, cfg.width
     background = _background(rng, h, w)
@@ -180,7 +185,7 @@ def render_video(cfg: SynthConfig, index: int, length: int) -> tuple[list[np.nda
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     frames: list[np.ndarray] = []
     masks: list[list[Optional[np.ndarray]]] = [[None] * length for _ in tracks]
-    for t in range(length):
+    for t in range(length) if only_frame is None else [only_frame]:
         canvas = background.copy()
         canvas += rng.normal(0, 2.0, size=(h, w, 1)).astype(np.float32)  # sensor noise varies per frame
         shapes = []
@@ -210,6 +215,8 @@ def render_video(cfg: SynthConfig, index: int, length: int) -> tuple[list[np.nda
             if visible.any():
                 masks[i][t] = visible
         frames.append(np.clip(canvas, 0, 255).astype(np.uint8))
+    if only_frame is not None:
+        masks = [[track[only_frame]] for track in masks]
     return frames, [tr.class_index for tr in tracks], masks
 
 
@@ -269,7 +276,7 @@ def generate(output: str, cfg: SynthConfig = SynthConfig(), io_threads: int = 16
         images = []
         for i in range(cfg.num_videos):
             iid = cfg.start_video_id + i
-            frames, classes, masks = render_video(cfg, iid, 1)
+            frames, classes, masks = render_video(cfg, iid, 9, only_frame=4)
             file_name = f"{iid:06d}.jpg"
             images.append({"id": iid, "file_name": file_name, "height": cfg.height, "width": cfg.width})
             pending.append((file_name, frames[0]))

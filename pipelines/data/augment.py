@@ -209,8 +209,8 @@ def decode_image(data: bytes):
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _transform_image(image, plan: ClipPlan, t: int) -> np.ndarray:
-    """One frame through the plan; returns uint8 (h, w, 3)."""
+def _transform_image(image, plan: ClipPlan, t: int, out: np.ndarray) -> None:
+    """One frame through the plan, written into `out` uint8 (3, h, w)."""
     from PIL import Image
 
     if plan.pre_resize is not None:
@@ -225,48 +225,61 @@ def _transform_image(image, plan: ClipPlan, t: int) -> np.ndarray:
     if plan.angles is not None and plan.angles[t] % 360 != 0:
         coeffs = _rotation_inverse(float(plan.angles[t]), plan.center[0] * ow, plan.center[1] * oh)
         image = image.transform((ow, oh), Image.Transform.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=0)
-    return np.asarray(image)
+    # planar copy per band: cheaper than a strided HWC -> CHW transpose
+    for c, band in enumerate(image.split()):
+        out[c] = np.asarray(band)
 
 
 def apply_plan(
     plan: ClipPlan,
     images: Sequence[Any],
-    frame_masks: Sequence[Optional[np.ndarray]],
+    frame_masks: Sequence[Optional["SourceMasks"]],
+    num_instances: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply `plan` to T source frames.
 
     images: T PIL RGB images of the source size (the same object may repeat).
-    frame_masks: per frame a uint8/bool (N, H, W) array of the clip's N instances at the source size
-      (zeros where absent), or None when N == 0.
-    Returns frames uint8 (T,3,h,w) and masks bool (T,N,h,w).
+    frame_masks: per frame the `SourceMasks` of the clip's instances annotated in it (None: none).
+    Returns frames uint8 (T,3,h,w) and masks bool (T,N,h,w), N = num_instances.
     """
     T = len(images)
     oh, ow = plan.out_size
-    n = frame_masks[0].shape[0] if T and frame_masks[0] is not None else 0
     frames = np.empty((T, 3, oh, ow), dtype=np.uint8)
-    masks = np.zeros((T, n, oh, ow), dtype=bool)
+    masks = np.zeros((T, num_instances, oh, ow), dtype=bool)
     for t in range(T):
-        frames[t] = _transform_image(images[t], plan, t).transpose(2, 0, 1)
-        if n:
-            rows, cols = _axis_maps(plan, t)
-            m = frame_masks[t][:, rows[:, None], cols[None, :]]
-            if plan.angles is not None and plan.angles[t] % 360 != 0:
-                m = _rotate_masks(m, _rotation_inverse(float(plan.angles[t]), plan.center[0] * ow, plan.center[1] * oh))
-            masks[t] = m
+        _transform_image(images[t], plan, t, frames[t])
+        source = frame_masks[t]
+        if source is None or not len(source.instances):
+            continue
+        rows, cols = _axis_maps(plan, t)
+        # masks are column-major (pycocotools): gather whole source columns first (contiguous
+        # copies), then the rows, then transpose once into place
+        m = np.take(np.take(source.columns, cols, axis=1), rows, axis=2).transpose(0, 2, 1)
+        if plan.angles is not None and plan.angles[t] % 360 != 0:
+            m = _rotate_masks(m, _rotation_inverse(float(plan.angles[t]), plan.center[0] * ow, plan.center[1] * oh))
+        masks[t, source.instances] = m.view(bool)
     return frames, masks
 
 
 # --------------------------------------------------------------------------------------------
-def _decode_rles(counts: Sequence[Optional[bytes]], height: int, width: int) -> np.ndarray:
-    """(N, H, W) uint8 masks of one frame; zeros where an instance's RLE is None."""
+@dataclasses.dataclass(frozen=True)
+class SourceMasks:
+    """The masks of one source frame: `columns` uint8 (n, W, H) (column-major, as RLE decodes)
+    of the clip instances listed in `instances` (their positions among the clip's N)."""
+
+    instances: np.ndarray  # int64 (n,)
+    columns: np.ndarray  # uint8 (n, W, H)
+
+
+def decode_frame_masks(counts: Sequence[Optional[bytes]], height: int, width: int) -> SourceMasks:
+    """Decode one frame's RLEs of the clip's instances (None where absent) without copying."""
     from pycocotools import mask as mask_util
 
-    out = np.zeros((len(counts), height, width), dtype=np.uint8)
-    present = [i for i, c in enumerate(counts) if c is not None]
-    if present:
-        decoded = mask_util.decode([{"size": [height, width], "counts": counts[i]} for i in present])  # (H,W,n)
-        out[present] = decoded.transpose(2, 0, 1)
-    return out
+    present = np.asarray([i for i, c in enumerate(counts) if c is not None], dtype=np.int64)
+    if not len(present):
+        return SourceMasks(present, np.zeros((0, width, height), dtype=np.uint8))
+    decoded = mask_util.decode([{"size": [height, width], "counts": counts[i]} for i in present])  # (H,W,n) F-order
+    return SourceMasks(present, decoded.transpose(2, 1, 0))  # (n,W,H), C-contiguous view
 
 
 def plan_clip(kind: Literal["video", "image"], seed: int, height: int, width: int, T: int,
@@ -316,12 +329,12 @@ def augment_clip(
             raise ValueError(f"video {row['video_id']} frame {f}: image is {image.size[0]}x{image.size[1]}, "
                              f"the shard says {w}x{h}")
     if keep:
-        per_source = {f: _decode_rles([segms[k][f] for k in keep], h, w) for f in sorted(set(source))}
+        per_source = {f: decode_frame_masks([segms[k][f] for k in keep], h, w) for f in sorted(set(source))}
         frame_masks = [per_source[f] for f in source]
     else:
         frame_masks = [None] * T
-    frames, masks = apply_plan(plan, images, frame_masks)
     n = len(keep)
+    frames, masks = apply_plan(plan, images, frame_masks, n)
     present = masks.reshape(T, n, -1).any(-1) if n else np.zeros((T, 0), dtype=bool)
     gt_ids = np.where(present, np.arange(n)[None, :], -1).astype(np.int64)
     categories = row["category_ids"]

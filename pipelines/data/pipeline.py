@@ -13,6 +13,12 @@ the one row group of each clip's video from its shard (ranged reads, footers cac
 decode the sampled frames and augment them (`augment.augment_clip`, a pure function of the row
 and the seed). Masks travel bit-packed. No groupby, join or shuffle runs in the hot path; a clip's
 content depends only on (seed, epoch, position), whichever worker or actor handles it.
+
+Ray Train splits a dataset equally across its workers (``streaming_split(equal=True)``), dropping
+up to world_size - 1 clips of an epoch: make `num_clips - start_position` a multiple of
+world_size x per-worker batch size so that nothing is dropped and every worker takes the same
+number of steps. Under a 2-core budget, cap Ray Data (`DataContext.execution_options.
+resource_limits`) and give the decoders fractional CPUs (`cpus_per_decoder`).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("pipelines.config_cmd", "Validate an experiment YAML and print its fully resolved config."),
     "eval": ("pipelines.evaluation.command", "Official YouTube-VIS / OVIS / YTVIS-2022 metrics of a results file."),
+    "data": ("pipelines.data.cli", "Synthesise, ingest, inspect and export VIS datasets (YTVIS/OVIS/COCO, Parquet shards)."),
 }
 
 

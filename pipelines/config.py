@@ -81,6 +81,10 @@ class CropConfig(_Strict):
     enabled: bool = True
     type: Literal["absolute_range"] = "absolute_range"
     size: tuple[int, int] = (384, 600)
+    # "sliding": the crop window moves monotonically across the clip (the paper; the released
+    # pseudo-video crop). "first_position": every frame uses the first position, as the released
+    # video crop (ctvis/data/vis/augmentation.py RandomCropClip) effectively does.
+    motion: Literal["sliding", "first_position"] = "sliding"
 
 
 class PseudoVideoConfig(_Strict):
@@ -95,6 +99,7 @@ class PseudoVideoConfig(_Strict):
 
 class DataConfig(_Strict):
     train: tuple[DatasetSpec, ...] = Field(min_length=1)
+    datasets_root: str = Field(default="datasets", description="URI under which catalog splits live (as DETECTRON2_DATASETS)")
     val: Optional[DatasetSpec] = None
     sampling_frame_num: int = Field(default=10, ge=1)
     sampling_frame_range: int = Field(default=20, ge=0)

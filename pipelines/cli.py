@@ -15,6 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "config": ("pipelines.config_cmd", "Validate an experiment YAML and print its fully resolved config."),
     "eval": ("pipelines.evaluation.command", "Official YouTube-VIS / OVIS / YTVIS-2022 metrics of a results file."),
     "data": ("pipelines.data.cli", "Synthesise, ingest, inspect and export VIS datasets (YTVIS/OVIS/COCO, Parquet shards)."),
+    "train": ("pipelines.train.command", "Train an experiment on Ray Train (checkpoints, resume, MLflow run, registered model)."),
 }
 
 

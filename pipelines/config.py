@@ -162,6 +162,11 @@ class TrainConfig(_Strict):
     eval_period: int = Field(default=2000, ge=0, description="0 = only at the end")
     log_period: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0)
+    run_name: Optional[str] = Field(default=None, description="Ray Train run name (default: the experiment's name); "
+                                    "the same name and runs_root resume the run")
+    fault_at_step: Optional[int] = Field(default=None, ge=0, description="fault injection for tests: the last worker "
+                                         "fails once when it reaches this step (a marker in the run's storage "
+                                         "keeps it from failing again after the restart)")
 
 
 class EvalConfig(_Strict):
@@ -170,6 +175,8 @@ class EvalConfig(_Strict):
     num_clip_frames: int = Field(default=5, ge=1, description="frames per backbone chunk at inference")
     instance_chunk_size: int = Field(default=5, ge=1)
     interpolate_chunk_size: int = Field(default=5, ge=1)
+    max_videos: Optional[int] = Field(default=None, ge=1, description="validate on the first N videos of data.val")
+    visualize_videos: int = Field(default=2, ge=0, description="validation videos drawn as overlay strips")
 
 
 class ComputeConfig(_Strict):
@@ -178,6 +185,8 @@ class ComputeConfig(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
     max_failures: int = Field(default=3, ge=0)
+    cpus_per_decoder: float = Field(default=0.25, gt=0, description="CPUs of each Ray Data clip-decoder actor")
+    data_cpu_limit: Optional[float] = Field(default=None, gt=0, description="cap on the CPUs Ray Data may use per worker")
 
 
 class TrackingConfig(_Strict):

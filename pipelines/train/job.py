@@ -1,0 +1,229 @@
+"""The training driver: one MLflow run, one Ray Train `TorchTrainer`, the registered model.
+
+    summary = run_training(load_experiment("experiments/tiny.yaml"))
+
+1. Resolve where things go: the MLflow tracking URI (config, ``MLFLOW_TRACKING_URI`` or the local
+   store), the run's storage (``storage.runs_root``: a local directory or ``s3://``) and its name
+   (``train.run_name`` or the experiment's name).
+2. The MLflow run: a run directory that already holds ``ctvis_run.json`` belongs to a run whose
+   driver died (or was stopped): reattach to its MLflow run; otherwise create the run, log the
+   resolved config (params, YAML, tags) and write ``ctvis_run.json`` before any worker starts.
+3. `TorchTrainer(train_worker)` with the same `RunConfig(name, storage_path)`: Ray Train V2 resumes
+   from the run's latest checkpoint; `FailureConfig(max_failures)` restarts a failed worker group
+   from it; `CheckpointConfig(num_to_keep)` keeps the last K.
+4. After `fit()`: the loss-curve plot from the run's metric history, the model version registered
+   under the experiment's name (validation metrics in its description and tags), the run ended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Optional
+
+from pipelines import storage
+from pipelines.train import state
+
+# the curves of the loss plot (the per-family sums over decoder layers, the re-id terms, the total)
+PLOTTED_LOSSES = ("loss_total", "loss_ce_all_layers", "loss_mask_all_layers", "loss_dice_all_layers", "loss_reid",
+                  "loss_aux_reid")
+
+
+@dataclasses.dataclass
+class TrainingSummary:
+    experiment_name: str
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    artifact_uri: str
+    run_dir: str  # Ray Train run directory (snapshot + checkpoints)
+    final_step: int
+    final_loss: float
+    val_metrics: dict[str, float]
+    checkpoint: Optional[str]  # URI of the last checkpoint
+    registered_model: Optional[str]
+    registered_version: Optional[str]
+    resumed: bool  # this driver reattached to an existing run
+    wall_time_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _absolute(uri: str) -> str:
+    if storage.is_remote(uri) or uri.startswith("file://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def ray_storage(runs_root: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for `RunConfig`: a local path, or an S3 path without
+    its scheme plus a pyarrow S3 filesystem (endpoint and region from the environment; credentials
+    stay with each process's environment, never in the pickled filesystem)."""
+    if not storage.is_remote(runs_root):
+        return storage.split_uri(runs_root)[1], None
+    filesystem, path = storage.pyarrow_filesystem(runs_root, storage.S3Options(
+        endpoint_url=storage.S3Options().resolved_endpoint(), region=storage.S3Options().resolved_region()))
+    return path, filesystem
+
+
+def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str, log: Callable[[str], None]) -> bool:
+    """Create or reattach the MLflow run; returns True when reattached."""
+    from pipelines.tracking import experiment_tags
+
+    mlflow_experiment = experiment.tracking.experiment_name or experiment.name
+    info = state.read_run_info(runs_root, run_name)
+    if info is not None and info.get("finished"):
+        raise RuntimeError(
+            f"run '{run_name}' in {storage.redact(runs_root)} already finished (MLflow run {info.get('mlflow_run_id')}); "
+            f"set train.run_name=<new name> or remove {storage.redact(state.run_dir(runs_root, run_name))}")
+    if info is not None and info.get("mlflow_run_id") and info.get("tracking_uri") == tracker.tracking_uri:
+        tracker.start(mlflow_experiment, run_id=info["mlflow_run_id"])
+        starts = int(info.get("driver_starts", 1)) + 1
+        tracker.set_tags({"driver_starts": starts})
+        state.write_run_info(runs_root, run_name, {**info, "driver_starts": starts, "updated_at": time.time()})
+        log(f"reattached to MLflow run {tracker.run_id} (driver start {starts})")
+        return True
+    tags = {**experiment_tags(experiment), "ray_run_name": run_name,
+            "ray_run_dir": storage.redact(state.run_dir(runs_root, run_name))}
+    tracker.start(mlflow_experiment, run_name=run_name, tags=tags)
+    tracker.log_experiment_config(experiment)
+    state.write_run_info(runs_root, run_name, {
+        "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "experiment": experiment.name,
+        "config_hash": experiment.config_hash(), "driver_starts": 1, "created_at": time.time(), "finished": False,
+    })
+    log(f"MLflow run {tracker.run_id} ({tracker.tracking_uri})")
+    return False
+
+
+def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_uri: str, mlflow_run_id: str,
+                  worker_env: Optional[dict[str, str]] = None):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.train.loop import train_worker
+
+    compute = experiment.compute
+    resources = {"CPU": compute.cpus_per_worker}
+    if compute.use_gpu:
+        resources["GPU"] = compute.gpus_per_worker
+    storage_path, filesystem = ray_storage(runs_root)
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "experiment": experiment,
+            "run_name": run_name,
+            "runs_root": runs_root,
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+            "experiment_name": experiment.tracking.experiment_name or experiment.name,
+        },
+        scaling_config=ScalingConfig(num_workers=compute.num_workers, use_gpu=compute.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=compute.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=experiment.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
+        ),
+    )
+
+
+def _metric_curves(tracker: Any, keys: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
+    """{key: (steps, values)} from the run's history; a step logged twice (re-run after a restart
+    from a checkpoint) keeps its latest value."""
+    curves = {}
+    for key in keys:
+        history = tracker.client.get_metric_history(tracker.run_id, key)
+        by_step: dict[int, tuple[int, float]] = {}
+        for m in history:
+            if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
+                by_step[m.step] = (m.timestamp, m.value)
+        if by_step:
+            steps = sorted(by_step)
+            curves[key] = (steps, [by_step[s][1] for s in steps])
+    return curves
+
+
+def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], final_step: int, final_loss: float):
+    from mlflow.exceptions import MlflowException
+
+    name = experiment.tracking.registered_model_name or experiment.name
+    try:
+        tracker.client.list_artifacts(tracker.run_id, "model")
+    except MlflowException:
+        return None
+    metrics_text = ", ".join(f"{k.split('/', 1)[-1]} {v:.2f}" for k, v in val_metrics.items()
+                             if k.split("/", 1)[-1] in ("AP", "AP50", "AP75", "AR1", "AR10"))
+    description = (f"{experiment.name}: {final_step} steps, final loss {final_loss:.4f}. "
+                   f"Validation ({experiment.eval.benchmark}, x100): {metrics_text or 'not run'}. "
+                   f"MLflow run {tracker.run_id}; config hash {experiment.config_hash()}.")
+    tags = {k.replace("/", "_"): f"{v:.4f}" for k, v in val_metrics.items()}
+    tags.update({"final_step": final_step, "final_loss": f"{final_loss:.6f}", "config_hash": experiment.config_hash(),
+                 "model_preset": experiment.model_preset})
+    return tracker.register_model(name, "model", description=description, tags=tags)
+
+
+def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None,
+                 log: Callable[[str], None] = print) -> TrainingSummary:
+    """Train `experiment` on the connected Ray cluster (or a local one), end to end."""
+    import ray
+
+    from pipelines.tracking import RunTracker
+    from pipelines.train.visualize import loss_curve_plot
+
+    started = time.time()
+    storage.configure_s3(storage.S3Options.from_config(experiment.storage.s3))
+    runs_root = _absolute(experiment.storage.runs_root)
+    run_name = experiment.train.run_name or experiment.name
+    tracker = RunTracker(experiment.tracking.tracking_uri)
+    resumed = _start_tracking(experiment, tracker, runs_root, run_name, log)
+    if not ray.is_initialized():
+        ray.init()
+    trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=tracker.tracking_uri,
+                            mlflow_run_id=tracker.run_id, worker_env=worker_env)
+    try:
+        result = trainer.fit()
+        if getattr(result, "error", None) is not None:
+            raise result.error
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    metrics = dict(result.metrics or {})
+    final_step = int(metrics.get("step", 0))
+    final_loss = float(metrics.get("loss", float("nan")))
+    val_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+    tracker.log_bytes(loss_curve_plot(_metric_curves(tracker, PLOTTED_LOSSES), title=f"{experiment.name} losses"),
+                      "plots/loss_curves.png")
+    registered = _register(experiment, tracker, val_metrics, final_step, final_loss)
+    tracker.end("FINISHED")
+    info = state.read_run_info(runs_root, run_name) or {}
+    state.write_run_info(runs_root, run_name, {**info, "finished": True, "final_step": final_step,
+                                               "finished_at": time.time()})
+    checkpoint_uri = None
+    if result.checkpoint is not None:
+        path = result.checkpoint.path
+        checkpoint_uri = path if not storage.is_remote(runs_root) else f"s3://{path}"
+    return TrainingSummary(
+        experiment_name=experiment.name, run_name=run_name, mlflow_run_id=tracker.run_id,
+        tracking_uri=storage.redact(tracker.tracking_uri), artifact_uri=tracker.artifact_uri(),
+        run_dir=storage.redact(state.run_dir(runs_root, run_name)), final_step=final_step, final_loss=final_loss,
+        val_metrics=val_metrics, checkpoint=checkpoint_uri,
+        registered_model=registered.name if registered else None,
+        registered_version=registered.version if registered else None, resumed=resumed,
+        wall_time_s=time.time() - started)
+
+
+def format_summary(summary: TrainingSummary) -> str:
+    lines = [f"experiment {summary.experiment_name}: {summary.final_step} steps, final loss {summary.final_loss:.4f}"
+             f" ({summary.wall_time_s:.0f} s{', resumed' if summary.resumed else ''})"]
+    if summary.val_metrics:
+        lines.append("validation (x100): " + ", ".join(f"{k[4:]} {v:.1f}" for k, v in summary.val_metrics.items()))
+    lines.append(f"MLflow run {summary.mlflow_run_id} at {summary.tracking_uri}")
+    lines.append(f"artifacts: {summary.artifact_uri}")
+    lines.append(f"checkpoints: {summary.run_dir}")
+    if summary.registered_model:
+        lines.append(f"registered model: models:/{summary.registered_model}/{summary.registered_version}")
+    return "\n".join(lines)

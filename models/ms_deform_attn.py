@@ -2,14 +2,14 @@
 
 ``ms_deform_attn_sample`` is the sampling core: bilinear ``F.grid_sample`` (zero padding,
 ``align_corners=False``) of every head's value map at every sampling location, weighted by the
-attention weights and summed over levels and points. It computes exactly what the original
+attention weights and summed over levels and points. It computes what the original
 ``ms_deform_attn_core_pytorch`` computes (the path the released CTVIS falls back to when the CUDA
-op is missing), op for op, so its float32 results are bit-identical to the original.
+op is missing) with the same ops per output element, so its float32 results are bit-identical.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ def ms_deform_attn_sample(
     spatial_shapes: SpatialShapes,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    query_chunk: int = 512,
 ) -> torch.Tensor:
     """Deformable sampling of a flattened multi-level value map.
 
@@ -31,25 +32,50 @@ def ms_deform_attn_sample(
     sampling_locations:  (B, Lq, M, L, P, 2) normalised (x, y) in [0, 1], (0, 0) = top-left corner
     attention_weights:   (B, Lq, M, L, P)    softmax-normalised over L*P
     returns              (B, Lq, M*D)
+
+    The original samples every level for all queries, stacks the samples into one
+    (B*M, D, Lq, L*P) tensor, multiplies by the weights and sums the last axis. Without autograd
+    this runs the very same ops on blocks of ``query_chunk`` queries (in place, into a
+    preallocated output), which keeps the blocks in cache and avoids allocating the large
+    stacked tensor; every output element goes through the same kernels with the same operands,
+    so the result is bit-identical. With autograd the unblocked formulation is used.
     """
     batch, _, heads, head_dim = value.shape
     _, len_q, _, levels, points, _ = sampling_locations.shape
     if len(spatial_shapes) != levels:
         raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} sampling levels")
-    value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1] convention
-    sampled: List[torch.Tensor] = []
-    for level, (height, width) in enumerate(spatial_shapes):
-        # (B, HW, M, D) -> (B*M, D, H, W)
-        value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
-        # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        # (B*M, D, Lq, P)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # per level (B, HW, M, D) -> (B*M, D, H, W)
+    value_maps = [
+        level_value.flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
+        for level_value, (height, width) in zip(value.split([h * w for h, w in spatial_shapes], dim=1), spatial_shapes)
+    ]
+    # grid_sample's [-1, 1] convention; (B, Lq, M, L, P, 2) -> (B*M, Lq, L, P, 2)
+    grids = (2 * sampling_locations - 1).transpose(1, 2).flatten(0, 1)
     # (B, Lq, M, L, P) -> (B*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, len_q, levels * points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(batch, heads * head_dim, len_q)
-    return out.transpose(1, 2).contiguous()
+
+    def weighted_samples(start: int, stop: int) -> torch.Tensor:
+        # (B*M, D, q, L*P): per level (B*M, D, q, P), stacked level-major as the original
+        sampled = [
+            F.grid_sample(value_maps[level], grids[:, start:stop, level], mode="bilinear",
+                          padding_mode="zeros", align_corners=False)
+            for level in range(levels)
+        ]
+        return torch.stack(sampled, dim=-2).flatten(-2)
+
+    needs_grad = torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+    if needs_grad:
+        out = (weighted_samples(0, len_q) * weights).sum(-1)
+    else:
+        out = value.new_empty(batch * heads, head_dim, len_q)
+        for start in range(0, len_q, query_chunk):
+            stop = min(start + query_chunk, len_q)
+            block = weighted_samples(start, stop)
+            block.mul_(weights[:, :, start:stop])
+            torch.sum(block, -1, out=out[:, :, start:stop])
+    return out.view(batch, heads * head_dim, len_q).transpose(1, 2).contiguous()
 
 
 class MSDeformAttn(nn.Module):

@@ -206,7 +206,8 @@ class SwinBackbone(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim)
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        # stochastic depth grows linearly over all blocks (float32 linspace, as the original)
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         self.out_norms = nn.ModuleList()
         self.out_channels: Dict[str, int] = {}

@@ -77,7 +77,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        # in-place ReLU: saves a fresh (tokens x hidden) buffer; autograd-safe after a linear
+        return self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))
 
 
 class MultiHeadAttention(nn.Module):

@@ -191,3 +191,17 @@ def test_swin_shift_mask_regions():
     assert (mask[0] == 0).all()  # the top-left window never mixes regions
     # the bottom-right window mixes 4 regions: token 0 (row 0, col 0) only sees its own region
     assert mask[3, 0].tolist() == [0, 0, -100, 0, 0, -100, -100, -100, -100]
+
+
+def test_tiny_runs_under_cpu_autocast():
+    """AMP: the pixel decoder runs in float32 inside autocast, the rest in bfloat16."""
+    torch.manual_seed(0)
+    network = build_network(tiny()).train()
+    images, _ = network.preprocess(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = network(images, return_intermediates=True)
+        loss = outputs["pred_logits"].float().logsumexp(-1).mean() + outputs["pred_masks"].float().sigmoid().mean()
+    assert outputs["mask_features"].dtype == torch.float32
+    assert outputs["pred_logits"].dtype == torch.bfloat16
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)

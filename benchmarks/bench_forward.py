@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 import time
@@ -114,20 +116,24 @@ def main() -> None:
     images, _ = ours.preprocess(frames)
 
     def run(network):
+        cpu_start, faults_start = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         backbone_s, features = timed(lambda: network.backbone(images))
         pixel_s, (mask_features, multi_scale) = timed(lambda: network.pixel_decoder(features))
         decoder_s, outputs = timed(lambda: network.decoder(multi_scale, mask_features))
-        return backbone_s + pixel_s + decoder_s, pixel_s, decoder_s, (mask_features, multi_scale, outputs)
+        cpu_s = time.process_time() - cpu_start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_start
+        return (backbone_s + pixel_s + decoder_s, pixel_s, decoder_s, cpu_s, faults), (mask_features, multi_scale, outputs)
 
     times = {"ours": [], "baseline": []}
     results = {}
+    load_before = os.getloadavg()[0]
     with torch.no_grad():
         for network in (ours, baseline):  # warm-up
             run(network)
         for _ in range(args.repeats):  # interleaved, so machine load hits both alike
             for name, network in (("ours", ours), ("baseline", baseline)):
-                total, pixel, decoder, results[name] = run(network)
-                times[name].append((total, pixel, decoder))
+                figures, results[name] = run(network)
+                times[name].append(figures)
 
     (mf_a, ms_a, out_a), (mf_b, ms_b, out_b) = results["ours"], results["baseline"]
     assert torch.equal(mf_a, mf_b) and all(torch.equal(a, b) for a, b in zip(ms_a, ms_b)), "pixel decoder differs"
@@ -152,6 +158,11 @@ def main() -> None:
         "speedup_total": round(med("baseline", 0) / med("ours", 0), 3),
         "speedup_pixel_decoder": round(med("baseline", 1) / med("ours", 1), 3),
         "speedup_decoder": round(med("baseline", 2) / med("ours", 2), 3),
+        "ours_cpu_s": round(med("ours", 3), 4),
+        "baseline_cpu_s": round(med("baseline", 3), 4),
+        "ours_minor_page_faults": int(med("ours", 4)),
+        "baseline_minor_page_faults": int(med("baseline", 4)),
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "pixel_decoder_bit_identical": True,
         "max_abs_diff_pred_logits": float((out_a["pred_logits"] - out_b["pred_logits"]).abs().max()),
         "max_abs_diff_pred_masks": float((out_a["pred_masks"] - out_b["pred_masks"]).abs().max()),

@@ -77,14 +77,15 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(tokens, tokens, self.num_heads).permute(2, 0, 1)  # (heads, N, N)
         if shift_mask is None:
-            additive = bias.unsqueeze(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype))
         else:
+            # (B, nW, heads, N, C/heads) with the (nW, heads, N, N) bias+mask broadcast over B
+            # instead of materialising it for every image
             num_windows = shift_mask.shape[0]
-            # (B, nW, heads, N, N) -> (B*nW, heads, N, N)
-            additive = (bias.unsqueeze(0) + shift_mask.unsqueeze(1).to(bias.dtype)).repeat(
-                num_windows_total // num_windows, 1, 1, 1
-            )
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive.to(q.dtype))
+            split = (num_windows_total // num_windows, num_windows, self.num_heads, tokens, head_dim)
+            additive = (bias.unsqueeze(0) + shift_mask.unsqueeze(1).to(bias.dtype)).to(q.dtype)
+            out = F.scaled_dot_product_attention(q.view(split), k.view(split), v.view(split), attn_mask=additive)
+            out = out.view(num_windows_total, self.num_heads, tokens, head_dim)
         out = out.transpose(1, 2).reshape(num_windows_total, tokens, channels)
         return self.proj(out)
 

@@ -1,0 +1,440 @@
+"""CT-CL: the consistent contrastive loss of CTVIS on the re-identification embeddings.
+
+For each clip the released code first fills a training memory bank frame by frame (step 1), then
+builds one contrastive item per (frame t >= 1, instance present at t) that has a positive
+(step 2). This module computes the same items and losses with tensor operations across clips,
+frames and instances; only the similarity-guided fusion recurrence runs as a loop over T.
+
+Semantics of the released ``CTCLPlugin`` (quirks included), for clip b, instance n, frame t:
+
+* Step 1. A present (t, n) stores its anchor ``E[t, q(t, n)]`` and, as "negatives", the sorted
+  ``num_negatives`` queries drawn from ``{0 .. num_negatives} - {q(t, n)}`` (so only the first
+  ``num_negatives + 1`` query indices are ever negatives, and one of them is dropped at random
+  only when the anchor query lies outside that range). An absent (t, n) stores *all* Q
+  embeddings of frame t as its negatives.
+* Step 2, item (t, n) for t >= 1 and n present at t:
+  - anchor ``E[t, q(t, n)]``; negatives: those stored at frame **t - 1** for n;
+  - positive: the anchor of the most recent present frame before t; with ``momentum_embed``
+    and probability 0.5 instead the similarity-guided fused memory embedding after frame t - 1;
+  - when no frame before t is present, the first present frame after t, but only if
+    ``exist_after(t)``, which the released code computes as ``t != #absent frames after t``
+    (not "some later frame is present"); otherwise there is no item.
+  - ``loss = log(1 + sum_j exp(neg_j - pos))`` on dot products, and
+    ``aux = mean over the 1 + K candidates of (cos(candidate, anchor) - label)^2``.
+* ``loss_reid`` / ``loss_aux_reid`` are sums over all items of all clips divided by the number
+  of items (no distributed reduce); with no item they are ``0 * sum(pred_embeds)``.
+
+Similarity-guided fusion of the memory embedding: at the first present frame it is the anchor;
+at a later present frame with anchor e, ``beta = max(0, mean cos(e, earlier anchors))`` and
+``fused = (1 - beta) * fused + beta * e``; it is unchanged at absent frames.
+
+``noise_embed`` (released option): an absent (t, n) of a real instance is, with probability
+0.001, given the embedding of a random query of frame t, and then counts as present in the
+memory bank (anchor, positive and fusion) while still storing all Q queries as negatives.
+
+``negatives="paper"``: CTVIS issue 15 (the released branch is not the one used for the paper,
+whose negatives are "the MA embeddings of other instances in the memory bank"). This variant
+keeps the released positive and query negatives and adds, as further negatives, the fused
+memory embeddings after frame t - 1 of every other instance of the clip already in memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CTCLConfig",
+    "CTCLChooser",
+    "RandomChooser",
+    "RecordedNegativesChooser",
+    "CTCLOutput",
+    "ctcl_loss",
+    "CTCLLoss",
+    "FUSED_POSITIVE_PROBABILITY",
+    "NOISE_PROBABILITY",
+]
+
+# Probabilities hard-wired in the released code (``np.random.rand() > 0.5`` / ``< 0.999``).
+FUSED_POSITIVE_PROBABILITY = 0.5
+NOISE_PROBABILITY = 0.001
+
+
+@dataclass(frozen=True)
+class CTCLConfig:
+    reid_weight: float = 2.0
+    aux_reid_weight: float = 3.0
+    num_negatives: int = 99
+    momentum_embed: bool = True
+    noise_embed: bool = False
+    negatives: Literal["released", "paper"] = "released"
+
+
+class CTCLChooser(Protocol):
+    """The random choices of CT-CL. Each method is called once per loss evaluation with every
+    case of its kind, as rows in the released code's call order (clip, then frame, then instance).
+    Returned tensors may live on any device."""
+
+    def negatives(self, calls: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        """calls: (M, 4) int64 rows ``(b, t, n, anchor_query)`` of the present (t, n).
+        Returns (M, num_negatives) int64: the sorted ``random.sample({0..num_negatives} -
+        {anchor_query}, num_negatives)`` of each call."""
+        ...
+
+    def fused_positive(self, items: torch.Tensor) -> torch.Tensor:
+        """items: (M, 3) rows ``(b, t, n)`` of the items that have an earlier present frame
+        (with ``momentum_embed``). Returns (M,) bool: use the fused memory embedding."""
+        ...
+
+    def noise_queries(self, calls: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """calls: (M, 3) rows ``(b, t, n)`` of absent (t, n) of real instances (with
+        ``noise_embed``). Returns (M,) int64: the query whose embedding replaces the missing
+        one, or -1 for none."""
+        ...
+
+
+class RandomChooser:
+    """Draws the CT-CL choices from a ``torch.Generator`` (``None``: the global torch RNG).
+
+    Negatives: when the anchor query is within ``0..num_negatives`` the result is all the others;
+    otherwise one of the ``num_negatives + 1`` is dropped uniformly -- the same distribution as
+    the released ``sorted(random.sample(...))``.
+    """
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def _device(self, fallback: torch.device) -> torch.device:
+        return self.generator.device if self.generator is not None else fallback
+
+    def negatives(self, calls: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        device = self._device(calls.device)
+        anchor = calls[:, 3].to(device)
+        random_drop = torch.randint(0, num_negatives + 1, anchor.shape, device=device, generator=self.generator)
+        drop = torch.where(anchor <= num_negatives, anchor, random_drop)  # (M,)
+        kept = torch.arange(num_negatives, device=device)
+        return kept[None, :] + (kept[None, :] >= drop[:, None]).long()  # skip the dropped index
+
+    def fused_positive(self, items: torch.Tensor) -> torch.Tensor:
+        device = self._device(items.device)
+        return torch.rand(items.shape[0], device=device, generator=self.generator) > FUSED_POSITIVE_PROBABILITY
+
+    def noise_queries(self, calls: torch.Tensor, num_queries: int) -> torch.Tensor:
+        device = self._device(calls.device)
+        count = calls.shape[0]
+        noisy = torch.rand(count, device=device, generator=self.generator) >= 1 - NOISE_PROBABILITY
+        query = torch.randint(0, num_queries, (count,), device=device, generator=self.generator)
+        return torch.where(noisy, query, torch.full_like(query, -1))
+
+
+class RecordedNegativesChooser:
+    """Replays recorded negatives, looked up by (b, t, n); other choices go to ``fallback``.
+
+    Args:
+        calls: (R, 4) rows ``(b, t, n, anchor_query)`` as recorded.
+        negatives: (R, K) the sorted negatives used for each recorded call.
+    """
+
+    def __init__(self, calls: torch.Tensor, negatives: torch.Tensor, fallback: CTCLChooser | None = None) -> None:
+        if calls.dim() != 2 or calls.shape[1] != 4 or negatives.dim() != 2 or negatives.shape[0] != calls.shape[0]:
+            raise ValueError(
+                f"RecordedNegativesChooser: calls must be (R,4) and negatives (R,K), got "
+                f"{tuple(calls.shape)} and {tuple(negatives.shape)}"
+            )
+        self.calls = calls.long().cpu()
+        self.recorded = negatives.long().cpu()
+        self.fallback = fallback if fallback is not None else RandomChooser()
+
+    def negatives(self, calls: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        if self.recorded.shape[1] != num_negatives:
+            raise ValueError(f"recorded negatives have {self.recorded.shape[1]} columns, num_negatives is {num_negatives}")
+        wanted = calls.long().cpu()
+        # (M, R) equality of (b, t, n): one match per wanted call.
+        same = (wanted[:, None, :3] == self.calls[None, :, :3]).all(-1)
+        found = same.any(1)
+        if not bool(found.all()):
+            missing = wanted[~found][0].tolist()
+            raise KeyError(f"no recorded negatives for (b, t, n) = {tuple(missing[:3])}")
+        row = same.long().argmax(1)
+        anchors_differ = self.calls[row, 3] != wanted[:, 3]
+        if bool(anchors_differ.any()):
+            bad = wanted[anchors_differ][0].tolist()
+            raise ValueError(f"recorded call (b, t, n) = {tuple(bad[:3])} had a different anchor query than {bad[3]}")
+        return self.recorded[row].to(calls.device)
+
+    def fused_positive(self, items: torch.Tensor) -> torch.Tensor:
+        return self.fallback.fused_positive(items)
+
+    def noise_queries(self, calls: torch.Tensor, num_queries: int) -> torch.Tensor:
+        return self.fallback.noise_queries(calls, num_queries)
+
+
+@dataclass(frozen=True)
+class CTCLOutput:
+    """CT-CL losses with the per-item values behind them (M items in the released order:
+    clip, then frame t = 1..T-1, then instance)."""
+
+    loss_reid: torch.Tensor  # () weighted by reid_weight
+    loss_aux_reid: torch.Tensor  # () weighted by aux_reid_weight
+    loss_reid_unweighted: torch.Tensor
+    loss_aux_reid_unweighted: torch.Tensor
+    items: torch.Tensor  # (M, 6) int64: b, t, n, positive frame, negatives frame (t-1), all-queries flag
+    num_candidates: torch.Tensor  # (M,) int64: 1 positive + the negatives
+    item_loss_reid: torch.Tensor  # (M,)
+    item_loss_aux_reid: torch.Tensor  # (M,)
+    fused_positive: torch.Tensor  # (M,) bool: the positive is the fused memory embedding
+
+    @property
+    def num_items(self) -> int:
+        return int(self.items.shape[0])
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        return {"loss_reid": self.loss_reid, "loss_aux_reid": self.loss_aux_reid}
+
+
+def _check_inputs(
+    pred_embeds: torch.Tensor, gt_to_query: torch.Tensor, valid: torch.Tensor, config: CTCLConfig
+) -> None:
+    if pred_embeds.dim() != 4:
+        raise ValueError(f"pred_embeds must be (B,T,Q,C), got shape {tuple(pred_embeds.shape)}")
+    batch, frames, queries, _ = pred_embeds.shape
+    if gt_to_query.dim() != 3 or gt_to_query.shape[:2] != (batch, frames):
+        raise ValueError(f"gt_to_query must be ({batch},{frames},N), got shape {tuple(gt_to_query.shape)}")
+    if valid.shape != gt_to_query.shape or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(gt_to_query.shape)}, got {valid.dtype} {tuple(valid.shape)}")
+    if config.num_negatives < 1 or config.num_negatives + 1 > queries:
+        raise ValueError(
+            f"CTCLConfig.num_negatives={config.num_negatives}: negatives are drawn from the first "
+            f"num_negatives+1 of Q={queries} queries, so it must be in 1..{queries - 1}"
+        )
+    if config.negatives not in ("released", "paper"):
+        raise ValueError(f"CTCLConfig.negatives must be 'released' or 'paper', got {config.negatives!r}")
+
+
+def _positive_frames(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every (b, t, n): the most recent present frame before t (-1 if none), the first
+    present frame after t (T if none) and the released ``exist_after(t)`` quirk.
+
+    present: (B, T, N) bool.
+    """
+    frames = present.shape[1]
+    t = torch.arange(frames, device=present.device)[None, :, None]  # (1, T, 1)
+    last_upto = torch.where(present, t, -1).cummax(dim=1).values  # last present frame <= t
+    last_before = torch.cat([torch.full_like(last_upto[:, :1], -1), last_upto[:, :-1]], dim=1)
+    first_from = torch.where(present, t, frames).flip(1).cummin(dim=1).values.flip(1)  # first present >= t
+    first_after = torch.cat([first_from[:, 1:], torch.full_like(first_from[:, :1], frames)], dim=1)
+    absent = (~present).long()
+    absent_after = absent.sum(1, keepdim=True) - absent.cumsum(1)  # absent frames after t
+    exist_after_quirk = t != absent_after
+    return last_before, first_after, exist_after_quirk
+
+
+def _fused_memory(memory_embeds: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Similarity-guided fused memory embedding after each frame (zeros before the first
+    present frame, where the released code has ``None``).
+
+    memory_embeds: (B, T, N, C) anchors; present: (B, T, N). Returns (B, T, N, C).
+    """
+    normed = F.normalize(memory_embeds, dim=-1)
+    fused = torch.zeros_like(memory_embeds[:, 0])  # (B, N, C)
+    normed_sum = torch.zeros_like(fused)  # sum of the normalised earlier anchors
+    count = torch.zeros_like(fused[..., 0])  # (B, N) earlier present frames
+    out = []
+    for t in range(memory_embeds.shape[1]):  # the recurrence over T; vectorised over B, N, C
+        embed, here = memory_embeds[:, t], present[:, t]
+        similarity = (normed_sum * normed[:, t]).sum(-1) / count.clamp(min=1)
+        beta = torch.where(similarity > 0, similarity, torch.zeros_like(similarity))[..., None]  # max(0, sim)
+        updated = torch.where((count == 0)[..., None], embed, (1 - beta) * fused + beta * embed)
+        fused = torch.where(here[..., None], updated, fused)
+        normed_sum = normed_sum + torch.where(here[..., None], normed[:, t], torch.zeros_like(normed[:, t]))
+        count = count + here.to(count.dtype)
+        out.append(fused)
+    return torch.stack(out, dim=1)
+
+
+def ctcl_loss(
+    pred_embeds: torch.Tensor,
+    gt_to_query: torch.Tensor,
+    valid: torch.Tensor,
+    config: CTCLConfig = CTCLConfig(),
+    *,
+    chooser: CTCLChooser | None = None,
+    generator: torch.Generator | None = None,
+    instance_mask: torch.Tensor | None = None,
+) -> CTCLOutput:
+    """CT-CL loss of B clips.
+
+    Args:
+        pred_embeds: (B, T, Q, C) re-id embeddings of the final decoder prediction.
+        gt_to_query: (B, T, N) int64 query matched to ground truth n at frame t (absent ones
+            have a query too, as the released matching gives them one).
+        valid: (B, T, N) bool, instance n present at frame t. Clips with fewer instances are
+            padded to N with columns that are False at every frame; such columns never make
+            items, negatives or noise.
+        chooser: the random choices (default: :class:`RandomChooser` on ``generator``).
+        instance_mask: (B, N) bool, real instance columns. Only matters with ``noise_embed``
+            (an instance absent from the whole clip may then receive noise); default: columns
+            present in at least one frame.
+
+    Returns:
+        :class:`CTCLOutput`; ``.losses()`` gives the weighted ``loss_reid`` / ``loss_aux_reid``.
+    """
+    _check_inputs(pred_embeds, gt_to_query, valid, config)
+    if chooser is None:
+        chooser = RandomChooser(generator)
+    device = pred_embeds.device
+    batch, frames, queries, channels = pred_embeds.shape
+    num_instances = gt_to_query.shape[2]
+    real = valid.any(dim=1) if instance_mask is None else instance_mask.to(device=device, dtype=torch.bool)
+    if real.shape != (batch, num_instances):
+        raise ValueError(f"instance_mask must be ({batch},{num_instances}), got {tuple(real.shape)}")
+
+    with torch.autocast(device_type=device.type, enabled=False):
+        embeds = pred_embeds if pred_embeds.dtype == torch.float64 else pred_embeds.float()
+        present = valid & real[:, None, :]  # (B, T, N)
+        query = torch.where(real[:, None, :], gt_to_query.to(device), torch.zeros_like(gt_to_query, device=device))
+        real_queries = query[real[:, None, :].expand_as(query)]
+        if real_queries.numel() and (int(real_queries.min()) < 0 or int(real_queries.max()) >= queries):
+            raise ValueError(f"gt_to_query holds query ids outside 0..{queries - 1}")
+
+        # Step 1: the memory bank. in_memory marks frames whose anchor is stored (present, or
+        # absent but given a noise embedding).
+        in_memory, memory_query = present, query
+        if config.noise_embed:
+            absent_calls = torch.nonzero(~valid & real[:, None, :])  # (A, 3) in (b, t, n) order
+            noise = chooser.noise_queries(absent_calls, queries).to(device)
+            noisy = absent_calls[noise >= 0]
+            in_memory = present.clone()
+            in_memory[noisy[:, 0], noisy[:, 1], noisy[:, 2]] = True
+            memory_query = query.clone()
+            memory_query[noisy[:, 0], noisy[:, 1], noisy[:, 2]] = noise[noise >= 0]
+        memory_embeds = embeds.gather(2, memory_query[..., None].expand(-1, -1, -1, channels))  # (B, T, N, C)
+
+        calls = torch.nonzero(present)  # (V, 3): one negatives draw per present (t, n)
+        call_table = torch.cat([calls, query[calls[:, 0], calls[:, 1], calls[:, 2]][:, None]], dim=1)
+        drawn = chooser.negatives(call_table, config.num_negatives).to(device)
+        if drawn.shape != (calls.shape[0], config.num_negatives):
+            raise ValueError(f"chooser returned negatives of shape {tuple(drawn.shape)}, expected {(calls.shape[0], config.num_negatives)}")
+        # Stored negatives as a mask over the Q queries of the frame: all Q where not present.
+        stored_negatives = torch.ones(batch, frames, num_instances, queries, dtype=torch.bool, device=device)
+        stored_negatives[calls[:, 0], calls[:, 1], calls[:, 2]] = False
+        rows = torch.arange(calls.shape[0], device=device)[:, None].expand_as(drawn)
+        sampled = torch.zeros(calls.shape[0], queries, dtype=torch.bool, device=device)
+        sampled[rows, drawn] = True
+        stored_negatives[calls[:, 0], calls[:, 1], calls[:, 2]] = sampled
+
+        # Step 2: the items.
+        last_before, first_after, exist_after_quirk = _positive_frames(in_memory)
+        exist_before = last_before >= 0
+        has_positive = exist_before | (exist_after_quirk & (first_after < frames))
+        frame_index = torch.arange(frames, device=device)[None, :, None]
+        is_item = in_memory & (frame_index >= 1) & has_positive
+        item_b, item_t, item_n = torch.nonzero(is_item).unbind(1)  # (M,) each, released order
+        num_items = item_b.shape[0]
+        if num_items == 0:
+            zero = pred_embeds.sum() * 0
+            empty = torch.zeros(0, device=device, dtype=embeds.dtype)
+            return CTCLOutput(
+                loss_reid=zero * config.reid_weight,
+                loss_aux_reid=zero * config.aux_reid_weight,
+                loss_reid_unweighted=zero,
+                loss_aux_reid_unweighted=zero,
+                items=torch.zeros(0, 6, dtype=torch.int64, device=device),
+                num_candidates=torch.zeros(0, dtype=torch.int64, device=device),
+                item_loss_reid=empty,
+                item_loss_aux_reid=empty,
+                fused_positive=torch.zeros(0, dtype=torch.bool, device=device),
+            )
+
+        item_exist_before = exist_before[item_b, item_t, item_n]
+        positive_frame = torch.where(item_exist_before, last_before[item_b, item_t, item_n], first_after[item_b, item_t, item_n])
+        anchors = memory_embeds[item_b, item_t, item_n]  # (M, C)
+        positives = memory_embeds[item_b, positive_frame, item_n]  # (M, C)
+        use_fused = torch.zeros(num_items, dtype=torch.bool, device=device)
+        needs_fused = config.momentum_embed or config.negatives == "paper"
+        fused = _fused_memory(memory_embeds, in_memory) if needs_fused else None
+        if config.momentum_embed:
+            before_rows = torch.nonzero(item_exist_before)[:, 0]
+            choice_table = torch.stack([item_b, item_t, item_n], dim=1)[before_rows]
+            use_fused[before_rows] = chooser.fused_positive(choice_table).to(device=device, dtype=torch.bool)
+            positives = torch.where(use_fused[:, None], fused[item_b, item_t - 1, item_n], positives)
+
+        # Dot products of each item's anchor with every query of frame t-1 (negatives candidates).
+        previous_frame = embeds[item_b, item_t - 1]  # (M, Q, C)
+        negative_mask = stored_negatives[item_b, item_t - 1, item_n]  # (M, Q)
+        negative_dots = torch.bmm(previous_frame, anchors[:, :, None])[..., 0]  # (M, Q)
+        anchor_normed = F.normalize(anchors, dim=-1)
+        negative_cos = torch.bmm(F.normalize(previous_frame, dim=-1), anchor_normed[:, :, None])[..., 0]
+        if config.negatives == "paper":
+            # Other instances' fused memory embeddings after frame t-1, where they exist.
+            seen = in_memory.long().cummax(dim=1).values.bool()  # (B, T, N) in memory by frame t
+            other_memory = fused[item_b, item_t - 1]  # (M, N, C)
+            other_mask = seen[item_b, item_t - 1] & (torch.arange(num_instances, device=device)[None, :] != item_n[:, None])
+            negative_dots = torch.cat([negative_dots, torch.bmm(other_memory, anchors[:, :, None])[..., 0]], dim=1)
+            other_cos = torch.bmm(F.normalize(other_memory, dim=-1), anchor_normed[:, :, None])[..., 0]
+            negative_cos = torch.cat([negative_cos, other_cos], dim=1)
+            negative_mask = torch.cat([negative_mask, other_mask], dim=1)
+
+        positive_dots = (positives * anchors).sum(-1)  # (M,)
+        positive_cos = (F.normalize(positives, dim=-1) * anchor_normed).sum(-1)
+        minus_inf = torch.full_like(negative_dots, float("-inf"))
+        margins = torch.where(negative_mask, negative_dots - positive_dots[:, None], minus_inf)
+        item_loss = torch.logsumexp(torch.cat([margins, margins.new_zeros(num_items, 1)], dim=1), dim=1)
+        num_candidates = 1 + negative_mask.sum(1)
+        negative_sq = torch.where(negative_mask, negative_cos.square(), torch.zeros_like(negative_cos)).sum(1)
+        item_aux = ((positive_cos - 1).square() + negative_sq) / num_candidates.to(embeds.dtype)
+
+        loss_reid = item_loss.sum() / num_items
+        loss_aux = item_aux.sum() / num_items
+        all_queries = (~present[item_b, item_t - 1, item_n]).long()
+        items = torch.stack([item_b, item_t, item_n, positive_frame, item_t - 1, all_queries], dim=1)
+        return CTCLOutput(
+            loss_reid=loss_reid * config.reid_weight,
+            loss_aux_reid=loss_aux * config.aux_reid_weight,
+            loss_reid_unweighted=loss_reid,
+            loss_aux_reid_unweighted=loss_aux,
+            items=items,
+            num_candidates=num_candidates,
+            item_loss_reid=item_loss,
+            item_loss_aux_reid=item_aux,
+            fused_positive=use_fused,
+        )
+
+
+class CTCLLoss(nn.Module):
+    """Module form of :func:`ctcl_loss` holding its config; returns the weighted losses."""
+
+    def __init__(self, config: CTCLConfig = CTCLConfig()) -> None:
+        super().__init__()
+        self.config = config
+
+    def compute(
+        self,
+        pred_embeds: torch.Tensor,
+        gt_to_query: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        chooser: CTCLChooser | None = None,
+        generator: torch.Generator | None = None,
+        instance_mask: torch.Tensor | None = None,
+    ) -> CTCLOutput:
+        return ctcl_loss(
+            pred_embeds, gt_to_query, valid, self.config, chooser=chooser, generator=generator, instance_mask=instance_mask
+        )
+
+    def forward(
+        self,
+        pred_embeds: torch.Tensor,
+        gt_to_query: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        chooser: CTCLChooser | None = None,
+        generator: torch.Generator | None = None,
+        instance_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return self.compute(
+            pred_embeds, gt_to_query, valid, chooser=chooser, generator=generator, instance_mask=instance_mask
+        ).losses()

@@ -236,23 +236,28 @@ def _fused_memory(memory_embeds: torch.Tensor, present: torch.Tensor) -> torch.T
     """Similarity-guided fused memory embedding after each frame (zeros before the first
     present frame, where the released code has ``None``).
 
+    The recurrence ``fused_t = (1 - c_t) fused_{t-1} + c_t e_t`` (c = 1 at the first present
+    frame, beta at later present frames, 0 at absent ones) is linear, so it is evaluated in closed
+    form: ``fused_t = sum_s c_s prod_{s<i<=t} (1 - c_i) e_s``, with no loop over T.
+
     memory_embeds: (B, T, N, C) anchors; present: (B, T, N). Returns (B, T, N, C).
     """
-    normed = F.normalize(memory_embeds, dim=-1)
-    fused = torch.zeros_like(memory_embeds[:, 0])  # (B, N, C)
-    normed_sum = torch.zeros_like(fused)  # sum of the normalised earlier anchors
-    count = torch.zeros_like(fused[..., 0])  # (B, N) earlier present frames
-    out = []
-    for t in range(memory_embeds.shape[1]):  # the recurrence over T; vectorised over B, N, C
-        embed, here = memory_embeds[:, t], present[:, t]
-        similarity = (normed_sum * normed[:, t]).sum(-1) / count.clamp(min=1)
-        beta = torch.where(similarity > 0, similarity, torch.zeros_like(similarity))[..., None]  # max(0, sim)
-        updated = torch.where((count == 0)[..., None], embed, (1 - beta) * fused + beta * embed)
-        fused = torch.where(here[..., None], updated, fused)
-        normed_sum = normed_sum + torch.where(here[..., None], normed[:, t], torch.zeros_like(normed[:, t]))
-        count = count + here.to(count.dtype)
-        out.append(fused)
-    return torch.stack(out, dim=1)
+    frames = memory_embeds.shape[1]
+    embeds = memory_embeds.transpose(1, 2)  # (B, N, T, C)
+    here = present.transpose(1, 2).to(embeds.dtype)  # (B, N, T)
+    normed = F.normalize(embeds, dim=-1)
+    cosine = torch.matmul(normed, normed.transpose(-1, -2))  # (B, N, T, T): [t, s] = cos(e_t, e_s)
+    earlier = torch.ones(frames, frames, dtype=torch.bool, device=embeds.device).tril(-1)  # s < t
+    earlier_count = here.cumsum(-1) - here  # present frames before t
+    similarity = (cosine * (here[..., None, :] * earlier)).sum(-1) / earlier_count.clamp(min=1)
+    beta = torch.where(similarity > 0, similarity, torch.zeros_like(similarity))  # max(0, sim)
+    step = here * torch.where(earlier_count == 0, torch.ones_like(beta), beta)  # c_t
+    # keep[t, s] = prod_{s<i<=t} (1 - c_i): cumulative product down a matrix whose entry (i, s)
+    # is 1 - c_i below the diagonal and 1 elsewhere.
+    factors = torch.where(earlier, (1 - step)[..., :, None], torch.ones_like(cosine))
+    keep = factors.cumprod(dim=-2)
+    weights = keep * step[..., None, :] * (~earlier.T)  # (B, N, T, T), zero for s > t
+    return torch.matmul(weights, embeds).transpose(1, 2)
 
 
 def ctcl_loss(
@@ -362,20 +367,31 @@ def ctcl_loss(
             use_fused[before_rows] = chooser.fused_positive(choice_table).to(device=device, dtype=torch.bool)
             positives = torch.where(use_fused[:, None], fused[item_b, item_t - 1, item_n], positives)
 
-        # Dot products of each item's anchor with every query of frame t-1 (negatives candidates).
-        previous_frame = embeds[item_b, item_t - 1]  # (M, Q, C)
+        # Dot products and cosines of every anchor of frame t with every query of frame t-1, as
+        # one batched product over (b, t) pairs; each item then reads its own row.
+        eps = 1e-12  # F.normalize's
+        anchor_norm = memory_embeds.norm(dim=-1).clamp_min(eps)  # (B, T, N)
+        query_norm = embeds.norm(dim=-1).clamp_min(eps)  # (B, T, Q)
+        # Row s pairs the anchors of frame s+1 with the queries of frame s (the last row is unused).
+        # Shifting the small anchor tensor keeps the large embeds contiguous, so the product reads
+        # it transposed in place instead of copying it.
+        next_anchors = torch.cat([memory_embeds[:, 1:], torch.zeros_like(memory_embeds[:, :1])], dim=1)
+        next_anchor_norm = torch.cat([anchor_norm[:, 1:], torch.ones_like(anchor_norm[:, :1])], dim=1)
+        pair_dots = torch.matmul(next_anchors, embeds.transpose(-1, -2))  # (B, T, N, Q)
+        pair_cos = pair_dots / (next_anchor_norm[..., None] * query_norm[:, :, None, :])
+        negative_dots = pair_dots[item_b, item_t - 1, item_n]  # (M, Q)
+        negative_cos = pair_cos[item_b, item_t - 1, item_n]
         negative_mask = stored_negatives[item_b, item_t - 1, item_n]  # (M, Q)
-        negative_dots = torch.bmm(previous_frame, anchors[:, :, None])[..., 0]  # (M, Q)
-        anchor_normed = F.normalize(anchors, dim=-1)
-        negative_cos = torch.bmm(F.normalize(previous_frame, dim=-1), anchor_normed[:, :, None])[..., 0]
+        anchor_normed = anchors / anchor_norm[item_b, item_t, item_n][:, None]
         if config.negatives == "paper":
             # Other instances' fused memory embeddings after frame t-1, where they exist.
             seen = in_memory.long().cummax(dim=1).values.bool()  # (B, T, N) in memory by frame t
-            other_memory = fused[item_b, item_t - 1]  # (M, N, C)
+            memory_dots = torch.matmul(next_anchors, fused.transpose(-1, -2))  # (B, T, N, N), row s: frame s+1 vs s
+            fused_norm = fused.norm(dim=-1).clamp_min(eps)
+            memory_cos = memory_dots / (next_anchor_norm[..., None] * fused_norm[:, :, None, :])
             other_mask = seen[item_b, item_t - 1] & (torch.arange(num_instances, device=device)[None, :] != item_n[:, None])
-            negative_dots = torch.cat([negative_dots, torch.bmm(other_memory, anchors[:, :, None])[..., 0]], dim=1)
-            other_cos = torch.bmm(F.normalize(other_memory, dim=-1), anchor_normed[:, :, None])[..., 0]
-            negative_cos = torch.cat([negative_cos, other_cos], dim=1)
+            negative_dots = torch.cat([negative_dots, memory_dots[item_b, item_t - 1, item_n]], dim=1)
+            negative_cos = torch.cat([negative_cos, memory_cos[item_b, item_t - 1, item_n]], dim=1)
             negative_mask = torch.cat([negative_mask, other_mask], dim=1)
 
         positive_dots = (positives * anchors).sum(-1)  # (M,)

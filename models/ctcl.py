@@ -316,7 +316,10 @@ def ctcl_loss(
             in_memory[noisy[:, 0], noisy[:, 1], noisy[:, 2]] = True
             memory_query = query.clone()
             memory_query[noisy[:, 0], noisy[:, 1], noisy[:, 2]] = noise[noise >= 0]
-        memory_embeds = embeds.gather(2, memory_query[..., None].expand(-1, -1, -1, channels))  # (B, T, N, C)
+        # Row (b, t, q) of the flattened embeddings is b*T*Q + t*Q + q.
+        frame_offset = (torch.arange(batch * frames, device=device) * queries).view(batch, frames, 1)
+        memory_embeds = embeds.reshape(-1, channels).index_select(0, (memory_query + frame_offset).flatten())
+        memory_embeds = memory_embeds.view(batch, frames, num_instances, channels)  # (B, T, N, C)
 
         calls = torch.nonzero(present)  # (V, 3): one negatives draw per present (t, n)
         call_table = torch.cat([calls, query[calls[:, 0], calls[:, 1], calls[:, 2]][:, None]], dim=1)
@@ -354,69 +357,71 @@ def ctcl_loss(
                 fused_positive=torch.zeros(0, dtype=torch.bool, device=device),
             )
 
-        item_exist_before = exist_before[item_b, item_t, item_n]
-        positive_frame = torch.where(item_exist_before, last_before[item_b, item_t, item_n], first_after[item_b, item_t, item_n])
-        anchors = memory_embeds[item_b, item_t, item_n]  # (M, C)
-        positives = memory_embeds[item_b, positive_frame, item_n]  # (M, C)
-        use_fused = torch.zeros(num_items, dtype=torch.bool, device=device)
-        needs_fused = config.momentum_embed or config.negatives == "paper"
-        fused = _fused_memory(memory_embeds, in_memory) if needs_fused else None
-        if config.momentum_embed:
-            before_rows = torch.nonzero(item_exist_before)[:, 0]
-            choice_table = torch.stack([item_b, item_t, item_n], dim=1)[before_rows]
-            use_fused[before_rows] = chooser.fused_positive(choice_table).to(device=device, dtype=torch.bool)
-            positives = torch.where(use_fused[:, None], fused[item_b, item_t - 1, item_n], positives)
+        # Every (b, t, n) is evaluated densely and non-items are masked out, so the backward pass
+        # has a handful of (B, T, N, ...) nodes instead of per-item gathers. Dense tensors use
+        # "row" s = t - 1: row s pairs the anchor of frame s+1 with what was stored at frame s
+        # (its negatives, the fused memory), so only the small anchor-side tensors are shifted
+        # and the large embeddings stay contiguous for the batched product (no transposed copy).
+        def next_frame(x: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+            return torch.cat([x[:, 1:], torch.full_like(x[:, :1], fill)], dim=1)
 
-        # Dot products and cosines of every anchor of frame t with every query of frame t-1, as
-        # one batched product over (b, t) pairs; each item then reads its own row.
+        item_rows = next_frame(is_item.to(embeds.dtype)).bool()  # (B, T, N)
+        positive_frame = torch.where(exist_before, last_before, first_after).clamp(0, frames - 1)  # (B, T, N)
+        positives = memory_embeds.gather(1, positive_frame[..., None].expand(-1, -1, -1, channels))  # (B, T, N, C)
+        use_fused = torch.zeros_like(is_item)
+        needs_fused = config.momentum_embed or config.negatives == "paper"
+        fused = _fused_memory(memory_embeds, in_memory) if needs_fused else None  # (B, T, N, C)
+        positive_rows = next_frame(positives)
+        if config.momentum_embed:
+            fused_calls = torch.nonzero(is_item & exist_before)  # (F, 3) in (b, t, n) order
+            flags = chooser.fused_positive(fused_calls).to(device=device, dtype=torch.bool)
+            use_fused[fused_calls[:, 0], fused_calls[:, 1], fused_calls[:, 2]] = flags
+            # The fused memory after frame t-1 sits in row s = t-1 unshifted.
+            positive_rows = torch.where(next_frame(use_fused.to(embeds.dtype)).bool()[..., None], fused, positive_rows)
+
         eps = 1e-12  # F.normalize's
-        anchor_norm = memory_embeds.norm(dim=-1).clamp_min(eps)  # (B, T, N)
+        anchor_rows = next_frame(memory_embeds)  # (B, T, N, C)
+        anchor_norm = anchor_rows.norm(dim=-1).clamp_min(eps)  # (B, T, N)
+        positive_norm = positive_rows.norm(dim=-1).clamp_min(eps)
         query_norm = embeds.norm(dim=-1).clamp_min(eps)  # (B, T, Q)
-        # Row s pairs the anchors of frame s+1 with the queries of frame s (the last row is unused).
-        # Shifting the small anchor tensor keeps the large embeds contiguous, so the product reads
-        # it transposed in place instead of copying it.
-        next_anchors = torch.cat([memory_embeds[:, 1:], torch.zeros_like(memory_embeds[:, :1])], dim=1)
-        next_anchor_norm = torch.cat([anchor_norm[:, 1:], torch.ones_like(anchor_norm[:, :1])], dim=1)
-        pair_dots = torch.matmul(next_anchors, embeds.transpose(-1, -2))  # (B, T, N, Q)
-        pair_cos = pair_dots / (next_anchor_norm[..., None] * query_norm[:, :, None, :])
-        negative_dots = pair_dots[item_b, item_t - 1, item_n]  # (M, Q)
-        negative_cos = pair_cos[item_b, item_t - 1, item_n]
-        negative_mask = stored_negatives[item_b, item_t - 1, item_n]  # (M, Q)
-        anchor_normed = anchors / anchor_norm[item_b, item_t, item_n][:, None]
+        negative_dots = torch.matmul(anchor_rows, embeds.transpose(-1, -2))  # (B, T, N, Q)
+        negative_cos = negative_dots / (anchor_norm[..., None] * query_norm[:, :, None, :])
+        negative_mask = stored_negatives  # (B, T, N, Q): stored at frame s for instance n
         if config.negatives == "paper":
             # Other instances' fused memory embeddings after frame t-1, where they exist.
-            seen = in_memory.long().cummax(dim=1).values.bool()  # (B, T, N) in memory by frame t
-            memory_dots = torch.matmul(next_anchors, fused.transpose(-1, -2))  # (B, T, N, N), row s: frame s+1 vs s
+            seen = in_memory.long().cummax(dim=1).values.bool()  # (B, T, N): in memory by frame s
+            memory_dots = torch.matmul(anchor_rows, fused.transpose(-1, -2))  # (B, T, N, N)
             fused_norm = fused.norm(dim=-1).clamp_min(eps)
-            memory_cos = memory_dots / (next_anchor_norm[..., None] * fused_norm[:, :, None, :])
-            other_mask = seen[item_b, item_t - 1] & (torch.arange(num_instances, device=device)[None, :] != item_n[:, None])
-            negative_dots = torch.cat([negative_dots, memory_dots[item_b, item_t - 1, item_n]], dim=1)
-            negative_cos = torch.cat([negative_cos, memory_cos[item_b, item_t - 1, item_n]], dim=1)
-            negative_mask = torch.cat([negative_mask, other_mask], dim=1)
+            memory_cos = memory_dots / (anchor_norm[..., None] * fused_norm[:, :, None, :])
+            not_self = ~torch.eye(num_instances, dtype=torch.bool, device=device)
+            other_mask = seen[:, :, None, :] & not_self  # (B, T, N, N)
+            negative_dots = torch.cat([negative_dots, memory_dots], dim=-1)
+            negative_cos = torch.cat([negative_cos, memory_cos], dim=-1)
+            negative_mask = torch.cat([negative_mask, other_mask], dim=-1)
 
-        positive_dots = (positives * anchors).sum(-1)  # (M,)
-        positive_cos = (F.normalize(positives, dim=-1) * anchor_normed).sum(-1)
-        minus_inf = torch.full_like(negative_dots, float("-inf"))
-        margins = torch.where(negative_mask, negative_dots - positive_dots[:, None], minus_inf)
-        item_loss = torch.logsumexp(torch.cat([margins, margins.new_zeros(num_items, 1)], dim=1), dim=1)
-        num_candidates = 1 + negative_mask.sum(1)
-        negative_sq = torch.where(negative_mask, negative_cos.square(), torch.zeros_like(negative_cos)).sum(1)
-        item_aux = ((positive_cos - 1).square() + negative_sq) / num_candidates.to(embeds.dtype)
+        positive_dots = (positive_rows * anchor_rows).sum(-1)  # (B, T, N)
+        positive_cos = positive_dots / (positive_norm * anchor_norm)
+        margins = torch.where(negative_mask, negative_dots - positive_dots[..., None], float("-inf"))
+        row_loss = torch.logsumexp(torch.cat([margins, torch.zeros_like(margins[..., :1])], dim=-1), dim=-1)
+        candidates = 1 + negative_mask.sum(-1)  # (B, T, N)
+        negative_sq = torch.where(negative_mask, negative_cos.square(), 0.0).sum(-1)
+        row_aux = ((positive_cos - 1).square() + negative_sq) / candidates.to(embeds.dtype)
 
-        loss_reid = item_loss.sum() / num_items
-        loss_aux = item_aux.sum() / num_items
-        all_queries = (~present[item_b, item_t - 1, item_n]).long()
-        items = torch.stack([item_b, item_t, item_n, positive_frame, item_t - 1, all_queries], dim=1)
+        loss_reid = torch.where(item_rows, row_loss, 0.0).sum() / num_items
+        loss_aux = torch.where(item_rows, row_aux, 0.0).sum() / num_items
+        row = (item_b, item_t - 1, item_n)
+        all_queries = (~present[row]).long()
+        items = torch.stack([item_b, item_t, item_n, positive_frame[item_b, item_t, item_n], item_t - 1, all_queries], dim=1)
         return CTCLOutput(
             loss_reid=loss_reid * config.reid_weight,
             loss_aux_reid=loss_aux * config.aux_reid_weight,
             loss_reid_unweighted=loss_reid,
             loss_aux_reid_unweighted=loss_aux,
             items=items,
-            num_candidates=num_candidates,
-            item_loss_reid=item_loss,
-            item_loss_aux_reid=item_aux,
-            fused_positive=use_fused,
+            num_candidates=candidates[row],
+            item_loss_reid=row_loss[row],
+            item_loss_aux_reid=row_aux[row],
+            fused_positive=use_fused[item_b, item_t, item_n],
         )
 
 

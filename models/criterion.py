@@ -127,7 +127,9 @@ def match_clips_for_ctcl(
     As the released ``CTCLPlugin.train_loss``, this is a separate matching of the final-layer
     predictions against *all* N instances of every frame (absent ones included, with their empty
     masks), so an absent instance also has a query. Clips with fewer instances are padded up to
-    N_max columns whose ``valid`` is False.
+    N_max columns whose ``valid`` is False. The masks are matched as given: the released code
+    passed the *unpadded* instance masks here (and the padded ones to the set criterion), which
+    only differs when a frame is padded; a trainer that wants that behaviour passes them so.
 
     Args:
         pred_logits: (B, T, Q, K+1); pred_masks: (B, T, Q, h, w); clips: B clip targets.

@@ -383,8 +383,11 @@ def ctcl_loss(
         anchor_rows = next_frame(memory_embeds)  # (B, T, N, C)
         anchor_norm = anchor_rows.norm(dim=-1).clamp_min(eps)  # (B, T, N)
         positive_norm = positive_rows.norm(dim=-1).clamp_min(eps)
-        query_norm = embeds.norm(dim=-1).clamp_min(eps)  # (B, T, Q)
-        negative_dots = torch.matmul(anchor_rows, embeds.transpose(-1, -2))  # (B, T, N, Q)
+        # Norm as sqrt of the clamped sum of squares (F.normalize's value) and the product as
+        # embeds @ anchors^T: both have a cheaper backward over the large (B, T, Q, C) tensor
+        # than linalg.vector_norm and anchors @ embeds^T.
+        query_norm = (embeds * embeds).sum(-1).clamp_min(eps * eps).sqrt()  # (B, T, Q)
+        negative_dots = torch.matmul(embeds, anchor_rows.transpose(-1, -2)).transpose(-1, -2)  # (B, T, N, Q)
         negative_cos = negative_dots / (anchor_norm[..., None] * query_norm[:, :, None, :])
         negative_mask = stored_negatives  # (B, T, N, Q): stored at frame s for instance n
         if config.negatives == "paper":

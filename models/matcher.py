@@ -130,7 +130,7 @@ class HungarianMatcher(nn.Module):
             # Sigmoid cross-entropy summed over points: with BCE(x,1) - BCE(x,0) = -x it is
             # (-x) @ t^T + sum_p BCE(x,0), one batched product instead of two.
             target_points_t = target_points.transpose(1, 2)  # (I, P, M)
-            cost_mask = (torch.bmm(-pred_points, target_points_t) + F.softplus(pred_points).sum(-1, keepdim=True)) / num_points
+            cost_mask = (F.softplus(pred_points).sum(-1, keepdim=True) - torch.bmm(pred_points, target_points_t)) / num_points
 
             pred_probs = pred_points.sigmoid()
             numerator = 2 * torch.bmm(pred_probs, target_points_t)

@@ -328,7 +328,6 @@ def ctcl_loss(
             raise ValueError(f"chooser returned negatives of shape {tuple(drawn.shape)}, expected {(calls.shape[0], config.num_negatives)}")
         # Stored negatives as a mask over the Q queries of the frame: all Q where not present.
         stored_negatives = torch.ones(batch, frames, num_instances, queries, dtype=torch.bool, device=device)
-        stored_negatives[calls[:, 0], calls[:, 1], calls[:, 2]] = False
         rows = torch.arange(calls.shape[0], device=device)[:, None].expand_as(drawn)
         sampled = torch.zeros(calls.shape[0], queries, dtype=torch.bool, device=device)
         sampled[rows, drawn] = True

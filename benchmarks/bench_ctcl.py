@@ -10,7 +10,8 @@ Criterion (matcher + losses) at Q=100 queries, 10 frames, 64x64 predicted masks 
 5 instances per frame, 12544 points: the batched matcher against a per-image loop matcher that
 follows Mask2Former (identical random points, assignments asserted equal); the losses are shared.
 
-Run:  python benchmarks/bench_ctcl.py   (prints one JSON line)
+Run:  python benchmarks/bench_ctcl.py [--threads 1] [--skip-criterion]   (prints one JSON line;
+      "*_min_ms" are minima, the figures least disturbed on a shared machine)
 """
 from __future__ import annotations
 

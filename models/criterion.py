@@ -1,0 +1,311 @@
+"""Mask2Former set criterion: Hungarian matching, then class, mask (BCE) and dice losses.
+
+CTVIS trains on video clips but supervises every frame as an independent image: B clips of T
+frames are flattened video-major into I = B*T frame-images (row ``b*T + t``), each with its own
+targets and its own matching. Instances absent from a frame (track id -1) are simply left out of
+that frame's targets, so a query matched to nothing there is pushed to the no-object class.
+
+Ground-truth masks are at the padded image resolution while predicted masks are at 1/4 of it;
+the point sampling in normalised coordinates handles the scale difference without resizing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.matcher import FrameTarget, HungarianMatcher, MatcherConfig, stack_target_masks
+from models.point_sampling import point_sample, sample_uncertain_points
+
+__all__ = [
+    "ClipTargets",
+    "CriterionConfig",
+    "SetCriterion",
+    "frame_targets_from_clip",
+    "frame_targets_from_clips",
+    "gt_to_query_from_indices",
+    "match_clips_for_ctcl",
+]
+
+
+class ClipTargets(TypedDict):
+    """Ground truth of one clip of T frames with N instances.
+
+    ids: (T, N) int64 track id of instance n at frame t, -1 where it is absent.
+    labels: (N,) int64 class ids in [0, K).
+    masks: (T, N, H, W) bool/float binary masks (all zero where absent).
+    """
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CriterionConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    deep_supervision: bool = True
+
+
+def _check_clip(clip: ClipTargets, where: str) -> tuple[int, int]:
+    ids, labels, masks = clip["ids"], clip["labels"], clip["masks"]
+    if ids.dim() != 2:
+        raise ValueError(f"{where}['ids'] must be (T,N), got shape {tuple(ids.shape)}")
+    num_frames, num_instances = ids.shape
+    if labels.shape != (num_instances,):
+        raise ValueError(f"{where}['labels'] must be ({num_instances},), got shape {tuple(labels.shape)}")
+    if masks.dim() != 4 or masks.shape[:2] != (num_frames, num_instances):
+        raise ValueError(f"{where}['masks'] must be ({num_frames},{num_instances},H,W), got shape {tuple(masks.shape)}")
+    return num_frames, num_instances
+
+
+def frame_targets_from_clip(clip: ClipTargets, *, keep_absent: bool = False) -> list[FrameTarget]:
+    """Split a clip's targets into its T per-frame targets.
+
+    With ``keep_absent=False`` (the set criterion) frame t keeps only the instances with
+    ``ids[t] != -1``, in instance order. With ``keep_absent=True`` every frame keeps all N
+    instances, absent ones with their (empty) masks: the released CT-CL matches those too, so
+    that every instance has a query at every frame.
+    """
+    num_frames, _ = _check_clip(clip, "clip")
+    frames: list[FrameTarget] = []
+    for t in range(num_frames):  # T frames, not items: a frame's instance subset is a boolean index
+        present = clip["ids"][t] != -1
+        if keep_absent:
+            frames.append(FrameTarget(labels=clip["labels"], masks=clip["masks"][t]))
+        else:
+            frames.append(FrameTarget(labels=clip["labels"][present], masks=clip["masks"][t][present]))
+    return frames
+
+
+def frame_targets_from_clips(clips: Sequence[ClipTargets], *, keep_absent: bool = False) -> list[FrameTarget]:
+    """Per-frame targets of B clips, flattened video-major (row ``b*T + t``)."""
+    return [frame for clip in clips for frame in frame_targets_from_clip(clip, keep_absent=keep_absent)]
+
+
+def gt_to_query_from_indices(
+    indices: Sequence[tuple[torch.Tensor, torch.Tensor]], num_instances: int
+) -> torch.Tensor:
+    """Invert matcher output into the query matched to each ground truth.
+
+    Args:
+        indices: per frame-image ``(query_idx, gt_idx)`` covering all ``num_instances`` targets.
+
+    Returns:
+        (I, N) int64: entry [i, n] is the query matched to target n of image i (the original's
+        ``query_idx[argsort(gt_idx)]``).
+    """
+    out = torch.empty(len(indices), num_instances, dtype=torch.int64)
+    for image, (query_idx, gt_idx) in enumerate(indices):  # per frame-image: matcher output is a list
+        if gt_idx.numel() != num_instances or not torch.equal(torch.sort(gt_idx).values, torch.arange(num_instances)):
+            raise ValueError(
+                f"frame-image {image}: the matching covers targets {gt_idx.tolist()}, expected all of "
+                f"0..{num_instances - 1} (are there more instances than queries?)"
+            )
+        out[image, gt_idx] = query_idx
+    return out
+
+
+def match_clips_for_ctcl(
+    matcher: HungarianMatcher,
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    clips: Sequence[ClipTargets],
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-frame ground-truth -> query map that CT-CL consumes.
+
+    As the released ``CTCLPlugin.train_loss``, this is a separate matching of the final-layer
+    predictions against *all* N instances of every frame (absent ones included, with their empty
+    masks), so an absent instance also has a query. Clips with fewer instances are padded up to
+    N_max columns whose ``valid`` is False. The masks are matched as given: the released code
+    passed the *unpadded* instance masks here (and the padded ones to the set criterion), which
+    only differs when a frame is padded; a trainer that wants that behaviour passes them so.
+
+    Args:
+        pred_logits: (B, T, Q, K+1); pred_masks: (B, T, Q, h, w); clips: B clip targets.
+
+    Returns:
+        gt_to_query (B, T, N_max) int64 and valid (B, T, N_max) bool (``ids != -1``), on the
+        predictions' device.
+    """
+    batch, frames = pred_logits.shape[:2]
+    if len(clips) != batch:
+        raise ValueError(f"match_clips_for_ctcl: {batch} clips of predictions but {len(clips)} clip targets")
+    sizes = [_check_clip(clip, f"clips[{b}]") for b, clip in enumerate(clips)]
+    for b, (num_frames, _) in enumerate(sizes):
+        if num_frames != frames:
+            raise ValueError(f"clips[{b}] has {num_frames} frames, predictions have {frames}")
+    max_instances = max((n for _, n in sizes), default=0)
+    device = pred_logits.device
+    gt_to_query = torch.zeros(batch, frames, max_instances, dtype=torch.int64, device=device)
+    valid = torch.zeros(batch, frames, max_instances, dtype=torch.bool, device=device)
+    indices = matcher(
+        pred_logits.flatten(0, 1).detach(),
+        pred_masks.flatten(0, 1).detach(),
+        frame_targets_from_clips(clips, keep_absent=True),
+        generator,
+    )
+    for b, (clip, (_, num_instances)) in enumerate(zip(clips, sizes)):  # per clip: N differs
+        clip_indices = indices[b * frames : (b + 1) * frames]
+        gt_to_query[b, :, :num_instances] = gt_to_query_from_indices(clip_indices, num_instances).to(device)
+        valid[b, :, :num_instances] = clip["ids"].to(device) != -1
+    return gt_to_query, valid
+
+
+class SetCriterion(nn.Module):
+    """Matching-based losses of Mask2Former for I frame-images.
+
+    Loss names: ``loss_ce``, ``loss_mask``, ``loss_dice`` for the final prediction and
+    ``loss_ce_{i}``, ... for auxiliary prediction i (deep supervision).
+    """
+
+    empty_weight: torch.Tensor
+
+    def __init__(self, num_classes: int, config: CriterionConfig = CriterionConfig()) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = config
+        self.matcher = HungarianMatcher(
+            MatcherConfig(
+                cost_class=config.class_weight,
+                cost_mask=config.mask_weight,
+                cost_dice=config.dice_weight,
+                num_points=config.num_points,
+            )
+        )
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = config.no_object_weight
+        self.register_buffer("empty_weight", empty_weight)
+
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        return {"loss_ce": self.config.class_weight, "loss_mask": self.config.mask_weight, "loss_dice": self.config.dice_weight}
+
+    def loss_labels(
+        self, pred_logits: torch.Tensor, targets: Sequence[FrameTarget], indices: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Weighted cross-entropy over K+1 classes; unmatched queries target no-object (index K).
+
+        pred_logits: (I, Q, K+1).
+        """
+        logits = pred_logits.float()
+        image_idx, query_idx, gt_classes = self._matched(targets, indices, logits.device)
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[image_idx, query_idx] = gt_classes
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight.to(logits.device))
+
+    def loss_masks(
+        self,
+        pred_masks: torch.Tensor,
+        targets: Sequence[FrameTarget],
+        indices: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        num_masks: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point-sampled sigmoid BCE and dice of the matched masks, each summed over masks and
+        divided by ``num_masks``.
+
+        pred_masks: (I, Q, h, w) logits; target masks (M, H, W) at any resolution.
+        """
+        device = pred_masks.device
+        image_idx, query_idx, _ = self._matched(targets, indices, device)
+        if query_idx.numel() == 0:
+            zero = pred_masks.sum() * 0.0  # keeps the graph connected when nothing is matched
+            return zero, zero
+        all_target_masks = stack_target_masks(targets, device, pred_masks.dtype)  # (sum M, H, W)
+        offsets = torch.tensor([0] + [int(t["labels"].shape[0]) for t in targets], device=device).cumsum(0)
+        gt_rows = offsets[image_idx] + torch.cat([gt.to(device) for _, gt in indices])
+        pred = pred_masks[image_idx, query_idx][:, None]  # (R, 1, h, w)
+        target = all_target_masks[gt_rows][:, None]  # (R, 1, H, W)
+        with torch.no_grad():
+            coords = sample_uncertain_points(
+                pred,
+                self.config.num_points,
+                self.config.oversample_ratio,
+                self.config.importance_sample_ratio,
+                generator,
+            )
+            point_labels = point_sample(target, coords)[:, 0].float()  # (R, P)
+        point_logits = point_sample(pred, coords)[:, 0].float()  # (R, P)
+        loss_mask = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1).sum() / num_masks
+        probs = point_logits.sigmoid()
+        numerator = 2 * (probs * point_labels).sum(-1)
+        denominator = probs.sum(-1) + point_labels.sum(-1)
+        loss_dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+        return loss_mask, loss_dice
+
+    @staticmethod
+    def _matched(
+        targets: Sequence[FrameTarget], indices: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flatten per-image matches into (image index, query index, gt class) vectors."""
+        image_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
+        query_idx = torch.cat([q for q, _ in indices]).to(device)
+        gt_classes = torch.cat([t["labels"].to(device)[g.to(device)] for t, (_, g) in zip(targets, indices)])
+        return image_idx, query_idx, gt_classes.to(torch.int64)
+
+    def _layer_losses(
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        targets: Sequence[FrameTarget],
+        num_masks: float,
+        generator: torch.Generator | None,
+    ) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        indices = self.matcher(pred_logits.detach(), pred_masks.detach(), targets, generator)
+        loss_mask, loss_dice = self.loss_masks(pred_masks, targets, indices, num_masks, generator)
+        losses = {"loss_ce": self.loss_labels(pred_logits, targets, indices), "loss_mask": loss_mask, "loss_dice": loss_dice}
+        return losses, indices
+
+    def forward(
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        targets: Sequence[FrameTarget],
+        aux_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+        *,
+        num_masks: float | None = None,
+        weighted: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Losses of the final prediction and, with deep supervision, of each auxiliary one.
+
+        Args:
+            pred_logits: (I, Q, K+1) final class logits of I = B*T frame-images (row ``b*T + t``).
+            pred_masks: (I, Q, h, w) final mask logits.
+            targets: I frame targets; an instance absent from a frame is not in that frame's
+                target (see :func:`frame_targets_from_clip`).
+            aux_outputs: ``(pred_logits, pred_masks)`` of each intermediate decoder prediction.
+            num_masks: normaliser of the mask losses. ``None`` counts the targets here; a
+                distributed trainer passes its all-reduced mean over workers instead. Clamped >= 1.
+            weighted: multiply each loss by its weight (``class/mask/dice_weight``).
+            generator: source of the random points (matching and loss).
+
+        Returns:
+            the losses dict and the final-layer matching ``[(query_idx, gt_idx)]`` per image.
+        """
+        if num_masks is None:
+            num_masks = float(sum(int(t["labels"].shape[0]) for t in targets))
+        num_masks = max(float(num_masks), 1.0)
+        weights = self.weight_dict
+
+        def named(layer_losses: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
+            return {name + suffix: value * weights[name] if weighted else value for name, value in layer_losses.items()}
+
+        final_losses, indices = self._layer_losses(pred_logits, pred_masks, targets, num_masks, generator)
+        losses = named(final_losses, "")
+        if self.config.deep_supervision:
+            for layer, (aux_logits, aux_masks) in enumerate(aux_outputs):
+                aux_losses, _ = self._layer_losses(aux_logits, aux_masks, targets, num_masks, generator)
+                losses.update(named(aux_losses, f"_{layer}"))
+        return losses, indices

@@ -8,11 +8,12 @@ that group: a plain `ray stop` would also kill the test session's other local Ra
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,16 +35,18 @@ def _head_env(home: Path, s3_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _job(env: dict[str, str], address: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([_ray_cli(), "job", *args, "--address", address], env=env, cwd=PROJECT_ROOT,
+def _job(env: dict[str, str], address: str, command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([_ray_cli(), "job", command, "--address", address, *args], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def _status(env, address, job_id) -> str:
-    out = _job(env, address, "status", job_id).stdout
-    for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+    result = _job(env, address, "status", job_id)
+    # "Status for job 'x': RUNNING" while it runs, "Job 'x' was stopped" / "... succeeded" / "... failed" after
+    out = (result.stdout + result.stderr).lower()
+    for word in ("succeeded", "failed", "stopped", "running", "pending"):
         if word in out:
-            return word
+            return word.upper()
     return out.strip()
 
 
@@ -55,6 +58,22 @@ def _wait(env, address, job_id, done, timeout: float) -> str:
             return status
         time.sleep(1.0)
     raise AssertionError(f"job {job_id} not {done} after {timeout:.0f}s:\n{_job(env, address, 'logs', job_id).stdout[-4000:]}")
+
+
+def _wait_dashboard(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Until the dashboard answers at all (with token auth on, an unauthenticated GET gets a 401)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the dashboard did not answer {url} within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.integration
@@ -73,7 +92,7 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
     overrides = [o for o in overrides if not o.startswith(("train.schedule=", "train.eval_period="))]
     overrides += [f"train.schedule={{max_iter: {MAX_ITER}, steps: [8], warmup_iters: 2}}", "train.eval_period=0",
                   f"train.run_name={run_name}"]
-    entrypoint = shlex.join([sys.executable, "-m", "pipelines.cli", "train", "experiments/tiny.yaml", *overrides])
+    entrypoint = [sys.executable, "-m", "pipelines.cli", "train", "experiments/tiny.yaml", *overrides]
 
     home = tmp_path / "home"
     home.mkdir()
@@ -83,6 +102,9 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
         "--port", "--dashboard-port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
         "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
         "--runtime-env-agent-port")}
+    token = subprocess.run([_ray_cli(), "get-auth-token", "--generate"], env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert token.returncode == 0 and (home / ".ray" / "auth_token").is_file(), token.stderr
     log = tmp_path / "ray-head.log"
     with open(log, "wb") as out:
         head = subprocess.Popen(
@@ -92,9 +114,9 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
-        services._wait_http(f"{address}/api/version", head, 120, log)
+        _wait_dashboard(f"{address}/api/version", head, 120, log)
         submit = ["submit", "--no-wait", "--working-dir", ".", "--runtime-env", "platform/runtime_env.yaml"]
-        first = _job(env, address, *submit, "--submission-id", "train-1", "--", entrypoint)
+        first = _job(env, address, *submit, "--submission-id", "train-1", "--", *entrypoint)
         assert first.returncode == 0, first.stdout + first.stderr
 
         # stop the job once the first checkpoint is in S3 (mid-run: MAX_ITER steps, checkpoints every 2)
@@ -113,7 +135,7 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
         steps_before = {m.step for m in client.get_metric_history(run_id, "loss_total")}
         assert steps_before and max(steps_before) < MAX_ITER
 
-        second = _job(env, address, *submit, "--submission-id", "train-2", "--", entrypoint)
+        second = _job(env, address, *submit, "--submission-id", "train-2", "--", *entrypoint)
         assert second.returncode == 0, second.stdout + second.stderr
         status = _wait(env, address, "train-2", ("SUCCEEDED", "FAILED", "STOPPED"), 300)
         logs = _job(env, address, "logs", "train-2").stdout
@@ -132,4 +154,4 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
         meta = storage.read_json(f"{runs_root}/{run_name}/checkpoint_step{MAX_ITER:07d}/meta.json")
         assert meta["mlflow_run_id"] == run_id and meta["step"] == MAX_ITER
     finally:
-        services.stop_process(head, timeout=30)
+        services.stop_process(head, timeout=10)  # ray start --block may ignore SIGTERM: then SIGKILL to its group

@@ -31,10 +31,23 @@ class InputError(ValueError):
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name)."""
+    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name).
+
+    `path` is a local path or a URI (`file://`, `s3://`); object storage goes through
+    `pipelines.storage` (imported only then, so local evaluation stays light)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        if isinstance(path, str) and "://" in path:
+            from pipelines import storage
+
+            try:
+                raw = storage.read_bytes(path)
+            except storage.StorageNotFound:
+                raise FileNotFoundError(path) from None
+            except storage.StorageError as error:
+                raise InputError(str(error)) from None
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:

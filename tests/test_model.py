@@ -232,3 +232,20 @@ def test_official_weights_load_into_the_model(tiny_model):
     same = load_official_weights(build_model(presets.tiny()), state)
     assert same.loaded == report.loaded and same.missing == report.missing
     assert not any(name.startswith("network.") for name in report.missing)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_and_inference(tiny_model):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = CTVISModel(tiny_model.config)
+    model.load_state_dict(tiny_model.state_dict())
+    model = model.cuda().train()
+    losses = model(synthetic_batch(), seed=0)  # the batch stays on the CPU: forward moves it
+    assert all(value.device.type == "cuda" and torch.isfinite(value) for value in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    frames = torch.randint(0, 256, (7, 3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    instances = model.infer_video(frames)
+    assert instances.masks.shape == (len(instances), 7, 60, 90) and torch.isfinite(instances.scores).all()

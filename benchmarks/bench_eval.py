@@ -31,7 +31,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 import numpy as np  # noqa: E402
 
-from pipelines.evaluation.data import load_ground_truth, load_predictions  # noqa: E402
+from pipelines.evaluation.data import load_ground_truth, load_predictions, read_bytes_in_background  # noqa: E402
 from pipelines.evaluation.loop_reference import evaluate_loop  # noqa: E402
 from pipelines.evaluation.metrics import evaluate  # noqa: E402
 from pipelines.evaluation.synthetic import SyntheticCaseConfig, make_synthetic_case  # noqa: E402
@@ -51,7 +51,10 @@ def make_case(cache_dir: Path, seed: int) -> tuple[Path, Path]:
 
 
 def ours(gt_path: Path, results_path: Path) -> np.ndarray:
-    return evaluate(load_ground_truth(gt_path), load_predictions(results_path)).stats
+    # As `ctvis eval` does: the results file is read and gunzipped in a thread while the GT is parsed.
+    results_bytes = read_bytes_in_background(results_path)
+    gt = load_ground_truth(gt_path)
+    return evaluate(gt, load_predictions(results_bytes.result(), name=str(results_path))).stats
 
 
 def main() -> None:

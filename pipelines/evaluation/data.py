@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,10 +55,32 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         raise InputError(f"{path}: is a directory, expected a JSON file") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+            raw = _gunzip(raw)
+        except (OSError, EOFError, zlib.error) as error:
             raise InputError(f"{path}: corrupt gzip file ({error})") from None
     return raw
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """gzip.decompress for the usual single-member file in one zlib pass that checks the CRC itself
+    (gzip.decompress adds a separate CRC pass); zlib releases the GIL meanwhile, so a reader thread
+    overlaps with parsing. Several members or trailing bytes: gzip.decompress."""
+    inflater = zlib.decompressobj(31)  # 31: gzip header and trailer
+    out = inflater.decompress(raw)
+    if not inflater.eof or inflater.unused_data:
+        return gzip.decompress(raw)
+    return out
+
+
+def read_bytes_in_background(path: str | os.PathLike):
+    """Starts `read_bytes(path)` in a thread (file reading and gunzip release the GIL); returns a
+    future whose result() gives the bytes or raises read_bytes's InputError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctvis-eval-read")
+    future = pool.submit(read_bytes, path)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _parse_json(raw: bytes, source: str):
@@ -116,12 +139,38 @@ class GroundTruth:
 
 
 def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
-    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict."""
+    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict.
+
+    From text, compressed-RLE frames are cut out by one regular-expression pass (FRAME_PATTERN) into
+    the frame table and replaced by the placeholder 1 before `json` parses the rest; a file in another
+    layout (or whose placeholders do not line up with the annotations' frames) is parsed normally."""
     if isinstance(source, dict):
-        name, dataset = "<ground truth>", source
-    else:
-        name = str(source)
-        dataset = _parse_json(read_bytes(source), name)
+        return _build_ground_truth("<ground truth>", source, FrameTable(), None)
+    name = str(source)
+    raw = read_bytes(source)
+    parts = FRAME_PATTERN.split(raw)
+    table = FrameTable()
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
+    if matched is not None and len(matched):
+        try:
+            dataset = json.loads(b"1".join(parts[0::4]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            dataset = None
+        if dataset is not None:
+            try:
+                return _build_ground_truth(name, dataset, table, matched)
+            except _LayoutMismatch:
+                pass
+    return _build_ground_truth(name, _parse_json(raw, name), FrameTable(), None)
+
+
+class _LayoutMismatch(Exception):
+    """The frame placeholders of a ground-truth text do not line up with its annotations' frames."""
+
+
+def _build_ground_truth(name: str, dataset, table: FrameTable, matched: np.ndarray | None) -> GroundTruth:
+    """GroundTruth of a parsed dataset. With `matched`, the frames cut out of the text are already in
+    `table` and frame value 1 (the placeholder) stands for the next of them, in text order."""
     if not isinstance(dataset, dict):
         raise InputError(f"{name}: ground truth must be a JSON object with videos, categories, annotations")
     for key in ("videos", "categories"):
@@ -151,11 +200,11 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
     video_position = {int(v): i for i, v in enumerate(video_ids)}
     category_position = {int(k): i for i, k in enumerate(category_ids)}
 
-    table = FrameTable()
     ids, ann_video, ann_category, crowd, avg_area, occ_score = [], [], [], [], [], []
-    frame_ids: list[int] = []
+    frame_parts: list[np.ndarray] = []
     offsets = [0]
     seen_ids: set = set()
+    cursor = 0  # placeholders consumed so far (every annotation, listed or not, in file order)
     for i, ann in enumerate(annotations):
         where = f"{name}: annotations[{i}]"
         if not isinstance(ann, dict):
@@ -169,25 +218,54 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
         segmentations = ann.get("segmentations")
         if not isinstance(segmentations, list):
             raise InputError(f"{where} (id {ann['id']}) needs a 'segmentations' list")
+        placeholders = None
+        if matched is not None:
+            # Frames are placeholders (1) and nulls in the usual layout; anything else goes frame by frame.
+            kinds = set(map(type, segmentations))
+            if kinds <= {int, type(None)}:
+                values = np.array(segmentations, dtype=np.float64)
+                placeholders = values == 1.0
+                if not (placeholders | np.isnan(values) | (values == 0.0)).all():
+                    raise _LayoutMismatch
         # The official evaluator keeps only annotations of listed videos and categories.
         if ann["video_id"] not in video_position or ann["category_id"] not in category_position:
+            if matched is not None:
+                cursor += int(placeholders.sum()) if placeholders is not None else \
+                    sum(1 for value in segmentations if type(value) is int and value == 1)
             continue
-        height, width, _ = videos[ann["video_id"]]
-        for t, segmentation in enumerate(segmentations):
-            if not segmentation:
-                frame_ids.append(-1)
-                continue
-            if type(segmentation) is dict and type(segmentation.get("counts")) is str \
-                    and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
-                # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
-                frame_ids.append(table.append(*segmentation["size"], segmentation["counts"]))
-                continue
-            try:
-                h, w, counts = rle_from_segmentation(segmentation, height, width)
-            except (ValueError, TypeError, KeyError) as error:
-                raise InputError(f"{where} (id {ann['id']}) frame {t}: {error}") from None
-            frame_ids.append(table.add(h, w, counts))
-        offsets.append(len(frame_ids))
+        if placeholders is not None:
+            frames = np.full(len(segmentations), -1, dtype=np.int64)
+            count = int(placeholders.sum())
+            if cursor + count > len(matched):
+                raise _LayoutMismatch
+            frames[placeholders] = matched[cursor:cursor + count]
+            cursor += count
+        else:
+            height, width, _ = videos[ann["video_id"]]
+            frame_list = []
+            for t, segmentation in enumerate(segmentations):
+                if matched is not None and type(segmentation) is int and segmentation == 1:
+                    if cursor >= len(matched):
+                        raise _LayoutMismatch
+                    frame_list.append(int(matched[cursor]))
+                    cursor += 1
+                    continue
+                if not segmentation:
+                    frame_list.append(-1)
+                    continue
+                if type(segmentation) is dict and type(segmentation.get("counts")) is str \
+                        and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
+                    # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
+                    frame_list.append(table.append(*segmentation["size"], segmentation["counts"]))
+                    continue
+                try:
+                    h, w, counts = rle_from_segmentation(segmentation, height, width)
+                except (ValueError, TypeError, KeyError) as error:
+                    raise InputError(f"{where} (id {ann['id']}) frame {t}: {error}") from None
+                frame_list.append(table.add(h, w, counts))
+            frames = np.array(frame_list, dtype=np.int64)
+        frame_parts.append(frames)
+        offsets.append(offsets[-1] + len(frames))
         ids.append(ann["id"])
         ann_video.append(video_position[ann["video_id"]])
         ann_category.append(category_position[ann["category_id"]])
@@ -215,8 +293,10 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
                 raise InputError(f"{where} (id {ann['id']}): every occlusion label is null")
             top = scores[-math.ceil(len(scores) / 2):]  # the most occluded half (official)
             occ_score.append(sum(top) / len(top))
+    if matched is not None and cursor != len(matched):
+        raise _LayoutMismatch
     table.finalize()
-    frame_array = np.array(frame_ids, dtype=np.int64)
+    frame_array = np.concatenate(frame_parts) if frame_parts else np.zeros(0, dtype=np.int64)
     offsets_array = np.array(offsets, dtype=np.int64)
     for n, value in enumerate(avg_area):
         if value is None:
@@ -386,34 +466,44 @@ def _cut_segmentation_lists(raw: bytes) -> tuple[bytes, list[bytes]] | None:
     with the i-th list replaced by the number i, and the lists as byte strings. None when the text is
     not in the usual layout (the caller then parses it whole).
 
-    A list ends at the first `"}]` (frames are `{..."counts": "..."}` and counts strings hold no
-    quote), at an earlier `null]`, or right away for `[]`. A wrong cut cannot go unnoticed: a JSON
-    value starting at a '[' is valid only up to its own closing bracket, and every cut is parsed."""
+    A list ends at the last ']' before the next entry's key (the entry's other values, numbers, hold
+    none); the last list at the first `"}]` (frames are `{..."counts": "..."}` and counts strings
+    hold no quote), at an earlier `null]`, or right away for `[]`. A wrong cut cannot go unnoticed:
+    a JSON value starting at a '[' is valid only up to its own closing bracket, and every cut is
+    parsed (the skeleton must give entry i the placeholder i)."""
     key = next((k for k in _LIST_KEYS if raw.find(k) >= 0), None)
     if key is None:
         return None
     find = raw.find
+    brackets = []
+    start = find(key)
+    while start >= 0:
+        brackets.append(start + len(key) - 1)
+        start = find(key, start + len(key))
+    # Ends: the last ']' before the next key (one short backward scan per list).
+    next_keys = brackets[1:]
+    ends = [raw.rfind(b"]", bracket, next_key - len(key) + 1) + 1 for bracket, next_key in zip(brackets, next_keys)]
+    last = brackets[-1]
+    if raw[last + 1:last + 2] == b"]":  # an empty list
+        end = last + 2
+    else:
+        end = find(b'"}]', last)
+        end = len(raw) if end < 0 else end + 3
+        last_null = find(b"null]", last, end)
+        if last_null >= 0:
+            end = last_null + 5
+        elif end == len(raw):
+            return None
+    ends.append(end)
     pieces, lists = [], []
-    position, index = 0, 0
-    while True:
-        start = find(key, position)
-        if start < 0:
-            break
-        bracket = start + len(key) - 1
-        if raw[bracket + 1:bracket + 2] == b"]":  # an empty list
-            end = bracket + 2
-        else:
-            end = find(b'"}]', bracket)
-            end = len(raw) if end < 0 else end + 3
-            last_null = find(b"null]", bracket, end)
-            if last_null >= 0:
-                end = last_null + 5
-            elif end == len(raw):
-                return None
+    position = 0
+    for index, (bracket, end) in enumerate(zip(brackets, ends)):
+        if end <= bracket:
+            return None
         pieces.append(raw[position:bracket])
         pieces.append(b"%d" % index)
         lists.append(raw[bracket:end])
-        position, index = end, index + 1
+        position = end
     pieces.append(raw[position:])
     return b"".join(pieces), lists
 
@@ -423,12 +513,12 @@ def _parse_tracks(blobs: list[bytes], table: FrameTable) -> tuple[np.ndarray, np
     added to `table`; None when some frame is not in the usual layout (parse the file normally)."""
     text = b"[" + b",".join(blobs) + b"]"
     parts = FRAME_PATTERN.split(text)
-    matched = table.add_many(parts[1::2])
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
     if matched is None:
         return None
     # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
     try:
-        tracks = json.loads(b"1".join(parts[0::2]))
+        tracks = json.loads(b"1".join(parts[0::4]))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not (isinstance(tracks, list) and len(tracks) == len(blobs) and all(type(t) is list for t in tracks)):
@@ -447,16 +537,16 @@ def _parse_tracks(blobs: list[bytes], table: FrameTable) -> tuple[np.ndarray, np
     return lengths, frame_ids
 
 
-def load_predictions(source: str | os.PathLike | bytes | list) -> Predictions:
+def load_predictions(source: str | os.PathLike | bytes | list, name: str | None = None) -> Predictions:
     """Reads a results file (plain or .gz), raw JSON bytes, or an in-memory results list.
 
     Fast path: every `segmentations` list is cut out of the text as one byte string, identical lists
     are parsed once (one track), and only the entries' skeleton goes through `json`. Text in another
     layout is parsed normally, so every valid file is read and errors are reported at their place."""
     if isinstance(source, list):
-        return predictions_from_list(source)
+        return predictions_from_list(source, name or "<results>")
     if isinstance(source, (bytes, bytearray)):
-        name, raw = "<results>", bytes(source)
+        name, raw = name or "<results>", bytes(source)
     else:
         name, raw = str(source), read_bytes(source)
     fast = _load_predictions_fast(raw, name)

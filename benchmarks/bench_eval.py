@@ -6,7 +6,8 @@ truth tracks and 20-100 CTVIS-style top-k predictions per video, gzip JSON), gen
 deterministically (cached under --cache-dir).
 
 Timed, each end to end from the .json.gz files (read + parse + evaluate + accumulate + summarize):
-- ours, in process (min of --repeats runs);
+- ours, in process (min of --repeats runs), as `ctvis eval` runs it: results read + gunzipped in a
+  thread while the GT is parsed;
 - `python -m pipelines.cli eval` in a subprocess, interpreter start-up included (min of --repeats);
 - baseline: `loop_reference.evaluate_loop` (per-frame pycocotools merges and Python matching loops,
   as the official code), once; its stats must equal ours.

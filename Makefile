@@ -8,19 +8,26 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Pinned dependency versions (pip constraints); CONSTRAINTS=/dev/null lets pip resolve freely.
+CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctvis-installed
 
-.PHONY: setup test test-fast demo bench clean-runs
+.PHONY: setup test test-fast demo bench clean-runs lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	touch $(STAMP)
+
+# Refresh the pinned versions from the current environment (after changing dependencies).
+lock: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -iE '^(torch|nvidia-|triton)'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # Everything CI runs: unit, integration (real Ray, moto S3 server, mlflow server) and parity tests.
 test: $(STAMP)

@@ -6,7 +6,8 @@ truth tracks and 20-100 CTVIS-style top-k predictions per video, gzip JSON), gen
 deterministically (cached under --cache-dir).
 
 Timed, each end to end from the .json.gz files (read + parse + evaluate + accumulate + summarize):
-- ours, in process (min of --repeats runs);
+- ours, in process (min of --repeats runs), as `ctvis eval` runs it: results read + gunzipped in a
+  thread while the GT is parsed;
 - `python -m pipelines.cli eval` in a subprocess, interpreter start-up included (min of --repeats);
 - baseline: `loop_reference.evaluate_loop` (per-frame pycocotools merges and Python matching loops,
   as the official code), once; its stats must equal ours.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 import numpy as np  # noqa: E402
 
-from pipelines.evaluation.data import load_ground_truth, load_predictions  # noqa: E402
+from pipelines.evaluation.data import load_ground_truth, load_predictions, read_bytes_in_background  # noqa: E402
 from pipelines.evaluation.loop_reference import evaluate_loop  # noqa: E402
 from pipelines.evaluation.metrics import evaluate  # noqa: E402
 from pipelines.evaluation.synthetic import SyntheticCaseConfig, make_synthetic_case  # noqa: E402
@@ -51,7 +52,10 @@ def make_case(cache_dir: Path, seed: int) -> tuple[Path, Path]:
 
 
 def ours(gt_path: Path, results_path: Path) -> np.ndarray:
-    return evaluate(load_ground_truth(gt_path), load_predictions(results_path)).stats
+    # As `ctvis eval` does: the results file is read and gunzipped in a thread while the GT is parsed.
+    results_bytes = read_bytes_in_background(results_path)
+    gt = load_ground_truth(gt_path)
+    return evaluate(gt, load_predictions(results_bytes.result(), name=str(results_path))).stats
 
 
 def main() -> None:

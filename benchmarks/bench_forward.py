@@ -32,7 +32,7 @@ from models.checkpoint import load_official_weights  # noqa: E402
 from models.ctvis import build_network  # noqa: E402
 from models.layers import MultiHeadAttention  # noqa: E402
 from models.ms_deform_attn import MSDeformAttn  # noqa: E402
-from models.presets import ctvis_r50_ytvis19  # noqa: E402
+from models.presets import NETWORK_PRESETS  # noqa: E402
 from tests.weightgen import generate_official_state_dict, load_manifest  # noqa: E402
 
 
@@ -105,9 +105,9 @@ def main() -> None:
     official = generate_official_state_dict(
         load_manifest(Path(args.reference_dir) / "model" / "manifest_r50_ytvis19.json")
     )
-    ours = build_network(ctvis_r50_ytvis19()).eval()
+    ours = build_network(NETWORK_PRESETS["ctvis_r50_ytvis19"]()).eval()
     load_official_weights(ours, official, strict=True)
-    baseline = to_baseline(build_network(ctvis_r50_ytvis19()).eval())
+    baseline = to_baseline(build_network(NETWORK_PRESETS["ctvis_r50_ytvis19"]()).eval())
     load_official_weights(baseline, official, strict=True)
     del official
 

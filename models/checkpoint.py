@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .ctvis import CTVISNetwork
+
 Replacement = Union[str, Callable[[re.Match], str]]
 
 _P = "sem_seg_head.pixel_decoder."
@@ -219,8 +221,12 @@ def load_official_weights(
 ) -> LoadReport:
     """Copy an official checkpoint (a file path or an already read state dict) into ``network``.
 
+    ``network`` is a ``CTVISNetwork`` or a module holding one as ``.network`` (the assembled
+    ``CTVISModel``): the official names map to the network's own parameter names either way.
     Entries whose shape differs from ours are skipped and reported; with ``strict`` anything
     missing, unexpected or shape-skipped raises ``ValueError`` with the full report."""
+    if not isinstance(network, CTVISNetwork) and isinstance(getattr(network, "network", None), CTVISNetwork):
+        network = network.network
     official = read_official_checkpoint(source) if isinstance(source, (str, Path)) else source
     ours, sources, unexpected_official, ignored = convert_official_state_dict(official)
     report = LoadReport(ignored=ignored, source=str(source) if isinstance(source, (str, Path)) else "<state dict>")

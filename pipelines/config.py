@@ -170,11 +170,10 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """Which official metric set validation uses. Inference settings (top-k, chunk sizes) belong to
+    the model: `model.inference`."""
+
     benchmark: Literal["ytvis", "ovis", "ytvis2022"] = "ytvis"
-    num_topk: Optional[int] = Field(default=None, ge=1, description="top-k per video (default: num_classes)")
-    num_clip_frames: int = Field(default=5, ge=1, description="frames per backbone chunk at inference")
-    instance_chunk_size: int = Field(default=5, ge=1)
-    interpolate_chunk_size: int = Field(default=5, ge=1)
     max_videos: Optional[int] = Field(default=None, ge=1, description="validate on the first N videos of data.val")
     visualize_videos: int = Field(default=2, ge=0, description="validation videos drawn as overlay strips")
 

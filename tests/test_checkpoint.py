@@ -17,12 +17,12 @@ from models.checkpoint import (
     safe_load_pickle,
 )
 from models.ctvis import build_network
-from models.presets import ctvis_r50_ytvis19, ctvis_swinl_ytvis19, tiny
+from models.presets import NETWORK_PRESETS, tiny_network
 from tests.weightgen import generate_tensor, load_manifest
 
 MANIFEST_CASES = [
-    ("r50", ctvis_r50_ytvis19, 564, 44_157_353),
-    ("swinl", ctvis_swinl_ytvis19, 656, 215_709_085),
+    ("r50", NETWORK_PRESETS["ctvis_r50_ytvis19"], 564, 44_157_353),
+    ("swinl", NETWORK_PRESETS["ctvis_swinl_ytvis19"], 656, 215_709_085),
 ]
 
 
@@ -58,7 +58,7 @@ def test_every_official_key_maps_to_exactly_one_entry(reference_dir, model, pres
     # pixel_mean / pixel_std are non-persistent, as in the original
     assert "pixel_mean" not in ours and "pixel_std" not in ours
     expected = {b["key"]: b["value"] for b in manifest["non_persistent_buffers"]}
-    real = build_network(tiny())
+    real = build_network(tiny_network())
     assert real.pixel_mean.flatten().tolist() == pytest.approx(expected["pixel_mean"])
     assert real.pixel_std.flatten().tolist() == pytest.approx(expected["pixel_std"])
 
@@ -87,7 +87,7 @@ def _tiny_official_subset(network_config):
 
 
 def test_pth_checkpoint_loads_with_report(tmp_path):
-    network, official = _tiny_official_subset(tiny())
+    network, official = _tiny_official_subset(tiny_network())
     official["criterion.empty_weight"] = torch.ones(4)
     official["sem_seg_head.predictor.not_a_layer.weight"] = torch.zeros(2)
     path = tmp_path / "model_final.pth"
@@ -104,7 +104,7 @@ def test_pth_checkpoint_loads_with_report(tmp_path):
 
 
 def test_coco_pkl_skips_class_head_and_keeps_reid_head(tmp_path):
-    network, official = _tiny_official_subset(tiny(num_classes=3))
+    network, official = _tiny_official_subset(tiny_network(num_classes=3))
     # a COCO Mask2Former checkpoint: 81-way class head, no re-id head, numpy arrays
     coco = {k: v.numpy() for k, v in official.items() if "reid_embed" not in k}
     coco["sem_seg_head.predictor.class_embed.weight"] = np.ones((81, 32), dtype=np.float32)

@@ -101,3 +101,20 @@ def test_eval_imports_neither_torch_nor_ray(reference_dir, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=120)
     assert "HEAVY [] 0" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.integration
+def test_eval_reads_ground_truth_and_results_from_s3(reference_dir, s3_bucket):
+    from pipelines import storage
+    from pipelines.evaluation.data import load_ground_truth, load_predictions
+    from pipelines.evaluation.metrics import evaluate
+
+    folder = reference_dir / "eval" / "a_ytvis_small"
+    for name in ("gt.json", "results.json"):
+        storage.copy(str(folder / name), f"s3://{s3_bucket}/eval/{name}")
+    gt = load_ground_truth(f"s3://{s3_bucket}/eval/gt.json")
+    preds = load_predictions(f"s3://{s3_bucket}/eval/results.json")
+    local = evaluate(load_ground_truth(folder / "gt.json"), load_predictions(folder / "results.json"))
+    assert list(evaluate(gt, preds).stats) == list(local.stats)
+    with pytest.raises(Exception, match="no-such.json"):
+        load_ground_truth(f"s3://{s3_bucket}/eval/no-such.json")

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from models.ctvis import NetworkConfig, build_network
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample
-from models.presets import PRESETS, network_preset, tiny
+from models.presets import NETWORK_PRESETS, network_preset, tiny_network
 from models.transformer_decoder import MaskedTransformerDecoder, normalized_mask_boxes
 
 
 def test_tiny_forward_shapes_and_backward():
     torch.manual_seed(0)
-    config = tiny()
+    config = tiny_network()
     network = build_network(config).train()
     frames = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
     images, sizes = network.preprocess(frames)
@@ -57,7 +57,7 @@ def test_presets_build_with_expected_sizes():
         "ctvis_swinl_ovis": (25, 200, "swin_large"),
         "tiny": (3, 16, "tiny"),
     }
-    assert set(PRESETS) == set(expected)
+    assert set(NETWORK_PRESETS) == set(expected)
     for name, (classes, queries, kind) in expected.items():
         config = network_preset(name)
         assert (config.num_classes, config.transformer_decoder.num_queries, config.backbone.kind) == (classes, queries, kind)
@@ -70,7 +70,7 @@ def test_presets_build_with_expected_sizes():
 
 
 def test_unknown_backbone_kind_is_rejected():
-    config = replace(tiny(), backbone=replace(tiny().backbone, kind="resnet101"))
+    config = replace(tiny_network(), backbone=replace(tiny_network().backbone, kind="resnet101"))
     with pytest.raises(ValueError, match="resnet101"):
         build_network(config)
 
@@ -196,7 +196,7 @@ def test_swin_shift_mask_regions():
 def test_tiny_runs_under_cpu_autocast():
     """AMP: the pixel decoder runs in float32 inside autocast, the rest in bfloat16."""
     torch.manual_seed(0)
-    network = build_network(tiny()).train()
+    network = build_network(tiny_network()).train()
     images, _ = network.preprocess(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = network(images, return_intermediates=True)

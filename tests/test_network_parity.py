@@ -1,8 +1,10 @@
 """Forward parity with the original CTVIS (fixtures in ../shared/reference/model), float32 CPU.
 
 The official state dicts are regenerated with the README's deterministic generator, converted
-with models.checkpoint and loaded into our networks; the forward outputs must match the ones the
-original code produced from the same weights and frames.
+with models.checkpoint and loaded into our models (the composite presets); the network outputs
+must match the ones the original code produced from the same weights and frames, and so must
+the whole-video inference (``CTVISModel.infer_video`` = the released ``inference_model``:
+tracker + ``inference_video``). Each big model is built and loaded once per module.
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_official_weights
 from models.ctvis import build_network
-from models.presets import ctvis_r50_ytvis19, ctvis_swinl_ytvis19, tiny
+from models.model import build_model
+from models.presets import ctvis_r50_ytvis19, ctvis_swinl_ytvis19, tiny_network
 from tests.weightgen import generate_official_state_dict, load_manifest
 
 pytestmark = pytest.mark.parity
@@ -24,15 +26,17 @@ FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # features and mask logits
 def _run(reference_dir, model, preset, clip):
     torch.backends.cuda.matmul.allow_tf32 = False
     folder = reference_dir / "model"
-    network = build_network(preset()).eval()
+    ctvis = build_model(preset()).eval()
     official = generate_official_state_dict(load_manifest(folder / f"manifest_{model}_ytvis19.json"))
-    report = load_official_weights(network, official)
+    report = ctvis.load_official_checkpoint(official)
     del official
+    network = ctvis.network
     frames = torch.from_numpy(np.load(folder / "input_frames.npz")[clip])
     with torch.no_grad():
         images, sizes = network.preprocess(frames)
         outputs = network(images, return_intermediates=True)
-    return {"report": report, "images": images, "sizes": sizes, "outputs": outputs}
+    video = ctvis.infer_video(frames)  # output size = the unpadded input size, as the fixture
+    return {"report": report, "images": images, "sizes": sizes, "outputs": outputs, "video": video}
 
 
 def _flat(outputs):
@@ -125,7 +129,7 @@ def test_swinl_boxes(swinl_clip_c):
 def test_padded_clip_b_preprocess(reference_dir):
     """clip_b (100x140) is normalised first and then zero-padded to 128x160 (bottom/right)."""
     frames = torch.from_numpy(np.load(reference_dir / "model" / "input_frames.npz")["clip_b_100x140"])
-    network = build_network(tiny())  # preprocessing only depends on the shared pixel mean/std
+    network = build_network(tiny_network())  # preprocessing only depends on the shared pixel mean/std
     images, sizes = network.preprocess(frames)
     assert images.shape == (2, 3, 128, 160) and sizes == [(100, 140)] * 2
     mean = torch.tensor([123.675, 116.280, 103.530]).view(3, 1, 1)
@@ -137,3 +141,26 @@ def test_padded_clip_b_preprocess(reference_dir):
     assert listed.shape == (2, 3, 128, 160) and listed_sizes == [(100, 140), (90, 130)]
     torch.testing.assert_close(listed[0], images[0], rtol=0, atol=0)
     assert listed[1, :, 90:].abs().max() == 0 and listed[1, :, :, 130:].abs().max() == 0
+
+
+def _unpack_masks(ref):
+    shape = tuple(int(v) for v in ref["video_pred_masks_shape"])
+    packed = ref["video_pred_masks_packed"]
+    return np.unpackbits(packed, axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+
+
+@pytest.mark.parametrize("run_name", ["r50_clip_a", "swinl_clip_c"])
+def test_infer_video_matches_released_inference_model(request, run_name):
+    """Labels and bit masks exactly, scores within 1e-6 (the README's observed float noise is
+    <= 1e-7). The forward clips were chosen with every final mask logit >= 4.8e-7 away from 0,
+    so no mask pixel is allowed to flip."""
+    run = request.getfixturevalue(run_name)
+    ref, video = run["ref"], run["video"]
+    assert video.image_size == tuple(int(v) for v in ref["image_size_unpadded"])
+    np.testing.assert_array_equal(video.labels.numpy(), ref["video_pred_labels"])
+    np.testing.assert_allclose(video.scores.numpy(), ref["video_pred_scores"], rtol=0, atol=1e-6)
+    masks = video.masks.numpy()
+    expected = _unpack_masks(ref)
+    assert masks.shape == expected.shape
+    differing = int((masks != expected).sum())
+    assert differing == 0, f"{differing} mask pixels differ"

@@ -79,7 +79,7 @@ def _evaluation_json(evaluation) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .benchmarks import run_evaluation
-    from .data import InputError, load_ground_truth, load_predictions
+    from .data import InputError, load_ground_truth, load_predictions, read_bytes_in_background
 
     start = time.perf_counter()
     try:
@@ -90,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--benchmark {args.benchmark} needs --gt")
         elif args.gt_short or args.gt_long:
             raise InputError("--gt-short / --gt-long are for --benchmark ytvis2022")
+        # The results file (the big one) is read and gunzipped in a thread while the GT is parsed.
+        results_bytes = read_bytes_in_background(args.results)
         gt = load_ground_truth(args.gt) if args.gt else None
         gt_short = load_ground_truth(args.gt_short) if args.gt_short else None
         gt_long = load_ground_truth(args.gt_long) if args.gt_long else None
-        preds = load_predictions(args.results)
+        preds = load_predictions(results_bytes.result(), name=str(args.results))
         parallel_map = None
         if args.workers > 0:
             from .parallel import ray_intersection_map

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,20 +32,55 @@ class InputError(ValueError):
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name)."""
+    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name).
+
+    `path` is a local path or a URI (`file://`, `s3://`); object storage goes through
+    `pipelines.storage` (imported only then, so local evaluation stays light)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        if isinstance(path, str) and "://" in path:
+            from pipelines import storage
+
+            try:
+                raw = storage.read_bytes(path)
+            except storage.StorageNotFound:
+                raise FileNotFoundError(path) from None
+            except storage.StorageError as error:
+                raise InputError(str(error)) from None
+        else:
+            with open(path, "rb") as handle:
+                raw = handle.read()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a JSON file") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as error:
+            raw = _gunzip(raw)
+        except (OSError, EOFError, zlib.error) as error:
             raise InputError(f"{path}: corrupt gzip file ({error})") from None
     return raw
+
+
+def _gunzip(raw: bytes) -> bytes:
+    """gzip.decompress for the usual single-member file in one zlib pass that checks the CRC itself
+    (gzip.decompress adds a separate CRC pass); zlib releases the GIL meanwhile, so a reader thread
+    overlaps with parsing. Several members or trailing bytes: gzip.decompress."""
+    inflater = zlib.decompressobj(31)  # 31: gzip header and trailer
+    out = inflater.decompress(raw)
+    if not inflater.eof or inflater.unused_data:
+        return gzip.decompress(raw)
+    return out
+
+
+def read_bytes_in_background(path: str | os.PathLike):
+    """Starts `read_bytes(path)` in a thread (file reading and gunzip release the GIL); returns a
+    future whose result() gives the bytes or raises read_bytes's InputError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctvis-eval-read")
+    future = pool.submit(read_bytes, path)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _parse_json(raw: bytes, source: str):
@@ -103,12 +139,38 @@ class GroundTruth:
 
 
 def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
-    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict."""
+    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict.
+
+    From text, compressed-RLE frames are cut out by one regular-expression pass (FRAME_PATTERN) into
+    the frame table and replaced by the placeholder 1 before `json` parses the rest; a file in another
+    layout (or whose placeholders do not line up with the annotations' frames) is parsed normally."""
     if isinstance(source, dict):
-        name, dataset = "<ground truth>", source
-    else:
-        name = str(source)
-        dataset = _parse_json(read_bytes(source), name)
+        return _build_ground_truth("<ground truth>", source, FrameTable(), None)
+    name = str(source)
+    raw = read_bytes(source)
+    parts = FRAME_PATTERN.split(raw)
+    table = FrameTable()
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
+    if matched is not None and len(matched):
+        try:
+            dataset = json.loads(b"1".join(parts[0::4]))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            dataset = None
+        if dataset is not None:
+            try:
+                return _build_ground_truth(name, dataset, table, matched)
+            except _LayoutMismatch:
+                pass
+    return _build_ground_truth(name, _parse_json(raw, name), FrameTable(), None)
+
+
+class _LayoutMismatch(Exception):
+    """The frame placeholders of a ground-truth text do not line up with its annotations' frames."""
+
+
+def _build_ground_truth(name: str, dataset, table: FrameTable, matched: np.ndarray | None) -> GroundTruth:
+    """GroundTruth of a parsed dataset. With `matched`, the frames cut out of the text are already in
+    `table` and frame value 1 (the placeholder) stands for the next of them, in text order."""
     if not isinstance(dataset, dict):
         raise InputError(f"{name}: ground truth must be a JSON object with videos, categories, annotations")
     for key in ("videos", "categories"):
@@ -138,11 +200,11 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
     video_position = {int(v): i for i, v in enumerate(video_ids)}
     category_position = {int(k): i for i, k in enumerate(category_ids)}
 
-    table = FrameTable()
     ids, ann_video, ann_category, crowd, avg_area, occ_score = [], [], [], [], [], []
-    frame_ids: list[int] = []
+    frame_parts: list[np.ndarray] = []
     offsets = [0]
     seen_ids: set = set()
+    cursor = 0  # placeholders consumed so far (every annotation, listed or not, in file order)
     for i, ann in enumerate(annotations):
         where = f"{name}: annotations[{i}]"
         if not isinstance(ann, dict):
@@ -156,25 +218,54 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
         segmentations = ann.get("segmentations")
         if not isinstance(segmentations, list):
             raise InputError(f"{where} (id {ann['id']}) needs a 'segmentations' list")
+        placeholders = None
+        if matched is not None:
+            # Frames are placeholders (1) and nulls in the usual layout; anything else goes frame by frame.
+            kinds = set(map(type, segmentations))
+            if kinds <= {int, type(None)}:
+                values = np.array(segmentations, dtype=np.float64)
+                placeholders = values == 1.0
+                if not (placeholders | np.isnan(values) | (values == 0.0)).all():
+                    raise _LayoutMismatch
         # The official evaluator keeps only annotations of listed videos and categories.
         if ann["video_id"] not in video_position or ann["category_id"] not in category_position:
+            if matched is not None:
+                cursor += int(placeholders.sum()) if placeholders is not None else \
+                    sum(1 for value in segmentations if type(value) is int and value == 1)
             continue
-        height, width, _ = videos[ann["video_id"]]
-        for t, segmentation in enumerate(segmentations):
-            if not segmentation:
-                frame_ids.append(-1)
-                continue
-            if type(segmentation) is dict and type(segmentation.get("counts")) is str \
-                    and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
-                # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
-                frame_ids.append(table.append(*segmentation["size"], segmentation["counts"]))
-                continue
-            try:
-                h, w, counts = rle_from_segmentation(segmentation, height, width)
-            except (ValueError, TypeError, KeyError) as error:
-                raise InputError(f"{where} (id {ann['id']}) frame {t}: {error}") from None
-            frame_ids.append(table.add(h, w, counts))
-        offsets.append(len(frame_ids))
+        if placeholders is not None:
+            frames = np.full(len(segmentations), -1, dtype=np.int64)
+            count = int(placeholders.sum())
+            if cursor + count > len(matched):
+                raise _LayoutMismatch
+            frames[placeholders] = matched[cursor:cursor + count]
+            cursor += count
+        else:
+            height, width, _ = videos[ann["video_id"]]
+            frame_list = []
+            for t, segmentation in enumerate(segmentations):
+                if matched is not None and type(segmentation) is int and segmentation == 1:
+                    if cursor >= len(matched):
+                        raise _LayoutMismatch
+                    frame_list.append(int(matched[cursor]))
+                    cursor += 1
+                    continue
+                if not segmentation:
+                    frame_list.append(-1)
+                    continue
+                if type(segmentation) is dict and type(segmentation.get("counts")) is str \
+                        and type(segmentation.get("size")) is list and len(segmentation["size"]) == 2:
+                    # Compressed RLE, the usual case: stored as is (pycocotools takes str counts too).
+                    frame_list.append(table.append(*segmentation["size"], segmentation["counts"]))
+                    continue
+                try:
+                    h, w, counts = rle_from_segmentation(segmentation, height, width)
+                except (ValueError, TypeError, KeyError) as error:
+                    raise InputError(f"{where} (id {ann['id']}) frame {t}: {error}") from None
+                frame_list.append(table.add(h, w, counts))
+            frames = np.array(frame_list, dtype=np.int64)
+        frame_parts.append(frames)
+        offsets.append(offsets[-1] + len(frames))
         ids.append(ann["id"])
         ann_video.append(video_position[ann["video_id"]])
         ann_category.append(category_position[ann["category_id"]])
@@ -202,8 +293,10 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
                 raise InputError(f"{where} (id {ann['id']}): every occlusion label is null")
             top = scores[-math.ceil(len(scores) / 2):]  # the most occluded half (official)
             occ_score.append(sum(top) / len(top))
+    if matched is not None and cursor != len(matched):
+        raise _LayoutMismatch
     table.finalize()
-    frame_array = np.array(frame_ids, dtype=np.int64)
+    frame_array = np.concatenate(frame_parts) if frame_parts else np.zeros(0, dtype=np.int64)
     offsets_array = np.array(offsets, dtype=np.int64)
     for n, value in enumerate(avg_area):
         if value is None:
@@ -227,26 +320,46 @@ def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
 
 @dataclass
 class Predictions:
-    """Results entries (R,) in file order; frames as in GroundTruth (indices into `table`, -1 = null)."""
+    """Results entries (R,) in file order. Entries whose `segmentations` lists are identical share one
+    track (an online tracker's top-k output re-emits each track under several classes): frames of
+    track l are track_frame_ids[track_offsets[l]:track_offsets[l + 1]], indices into `table` or -1
+    where the frame is null; entry r has the frames of track entry_track[r]."""
 
     source: str
-    video_ids: np.ndarray      # (R,) raw video ids
-    category_ids: np.ndarray   # (R,) raw category ids
-    scores: np.ndarray         # (R,) float64
-    frame_offsets: np.ndarray  # (R + 1,)
-    frame_ids: np.ndarray      # (F,)
+    video_ids: np.ndarray        # (R,) raw video ids
+    category_ids: np.ndarray     # (R,) raw category ids
+    scores: np.ndarray           # (R,) float64
+    entry_track: np.ndarray      # (R,) index into the L distinct segmentation lists
+    track_offsets: np.ndarray    # (L + 1,)
+    track_frame_ids: np.ndarray  # (F,)
     table: FrameTable
-    avg_area: np.ndarray       # (R,) mean mask area over non-null, non-empty entries (official)
+    avg_area: np.ndarray         # (R,) mean mask area over non-null, non-empty entries (official)
 
     def __len__(self) -> int:
         return len(self.scores)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.frame_offsets)
+        """Number of segmentation entries of each result (R,)."""
+        return np.diff(self.track_offsets)[self.entry_track]
+
+    @property
+    def frame_offsets(self) -> np.ndarray:
+        """(R + 1,) offsets into `frame_ids`, one segment per entry (expanded from the tracks)."""
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        return offsets
+
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(sum of lengths,) frames of every entry in order (expanded from the tracks)."""
+        lengths = self.lengths
+        owner = np.repeat(np.arange(len(lengths)), lengths)
+        position = np.arange(len(owner)) - (np.cumsum(lengths) - lengths)[owner]
+        return self.track_frame_ids[self.track_offsets[self.entry_track][owner] + position]
 
 
-def _check_entry(entry, index: int, source: str) -> list:
+def _check_entry(entry, index: int, source: str, segmentations_placeholder: bool = False):
     where = f"{source}: entry {index}"
     if not isinstance(entry, dict):
         raise InputError(f"{where} is not an object")
@@ -257,7 +370,7 @@ def _check_entry(entry, index: int, source: str) -> list:
         raise InputError(f"{where} (video {entry['video_id']}) needs a finite number 'score' "
                          f"(got {entry.get('score')!r})")
     segmentations = entry.get("segmentations")
-    if not isinstance(segmentations, list):
+    if not isinstance(segmentations, list) and not segmentations_placeholder:
         raise InputError(f"{where} (video {entry['video_id']}) needs a 'segmentations' list")
     return segmentations
 
@@ -277,80 +390,193 @@ def _frame(value, table: FrameTable, where: str) -> int:
     raise InputError(f"{where}: a frame must be an RLE {{'size', 'counts'}} or null, got {str(value)[:60]}")
 
 
-def _finish(source, entries, segmentation_lists, frame_ids, table) -> Predictions:
+def _entry_arrays(entries: list, source: str, placeholder: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(video_ids, category_ids, scores) of the entries, checked in bulk; the first bad entry raises."""
+    try:
+        if not all(type(entry) is dict for entry in entries):
+            raise TypeError
+        video_ids = [entry.get("video_id") for entry in entries]
+        category_ids = [entry.get("category_id") for entry in entries]
+        scores = [entry.get("score") for entry in entries]
+        if not (set(map(type, video_ids)) <= {int} and set(map(type, category_ids)) <= {int}
+                and set(map(type, scores)) <= {int, float}):
+            raise TypeError
+        arrays = (np.array(video_ids, dtype=np.int64), np.array(category_ids, dtype=np.int64),
+                  np.array(scores, dtype=np.float64))
+        if not np.isfinite(arrays[2]).all():
+            raise TypeError
+        return arrays
+    except (TypeError, OverflowError):
+        for i, entry in enumerate(entries):  # name the first bad entry
+            _check_entry(entry, i, source, placeholder)
+        raise InputError(f"{source}: entries with ids beyond 64-bit integers") from None
+
+
+def _finish(source: str, video_ids, category_ids, scores, entry_track: np.ndarray,
+            track_lengths: np.ndarray, track_frame_ids, table: FrameTable) -> Predictions:
     table.finalize()
-    lengths = np.fromiter(map(len, segmentation_lists), dtype=np.int64, count=len(segmentation_lists))
-    offsets = np.zeros(len(entries) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    frame_ids = np.asarray(frame_ids, dtype=np.int64)
-    areas = np.where(frame_ids >= 0, table.areas[np.maximum(frame_ids, 0)], 0) if len(table) else \
-        np.zeros(len(frame_ids), dtype=np.int64)
-    owner = np.repeat(np.arange(len(entries)), lengths)
+    num_tracks = len(track_lengths)
+    offsets = np.zeros(num_tracks + 1, dtype=np.int64)
+    np.cumsum(track_lengths, out=offsets[1:])
+    track_frame_ids = np.asarray(track_frame_ids, dtype=np.int64)
+    areas = np.where(track_frame_ids >= 0, table.areas[np.maximum(track_frame_ids, 0)], 0) if len(table) else \
+        np.zeros(len(track_frame_ids), dtype=np.int64)
+    owner = np.repeat(np.arange(num_tracks), track_lengths)
     counted = areas > 0  # the official mean skips null frames and empty masks alike
-    total = np.bincount(owner, weights=np.where(counted, areas, 0).astype(np.float64), minlength=len(entries))
-    number = np.bincount(owner, weights=counted.astype(np.float64), minlength=len(entries))
-    avg_area = np.divide(total, number, out=np.zeros(len(entries)), where=number > 0)
+    total = np.bincount(owner, weights=np.where(counted, areas, 0).astype(np.float64), minlength=num_tracks)
+    number = np.bincount(owner, weights=counted.astype(np.float64), minlength=num_tracks)
+    track_area = np.divide(total, number, out=np.zeros(num_tracks), where=number > 0)
+    entry_track = np.asarray(entry_track, dtype=np.int64)
     return Predictions(
-        source=source,
-        video_ids=np.array([e["video_id"] for e in entries], dtype=np.int64),
-        category_ids=np.array([e["category_id"] for e in entries], dtype=np.int64),
-        scores=np.array([e["score"] for e in entries], dtype=np.float64),
-        frame_offsets=offsets, frame_ids=frame_ids, table=table, avg_area=avg_area,
+        source=source, video_ids=video_ids, category_ids=category_ids, scores=scores,
+        entry_track=entry_track, track_offsets=offsets, track_frame_ids=track_frame_ids, table=table,
+        avg_area=track_area[entry_track] if len(entry_track) else np.zeros(0),
     )
 
 
 def predictions_from_list(entries: list, source: str = "<results>") -> Predictions:
-    """In-memory results (the official list of dicts) -> Predictions."""
+    """In-memory results (the official list of dicts) -> Predictions. Entries holding the same
+    `segmentations` list object (top-k re-emission of one track) share one track."""
     if not isinstance(entries, list):
         raise InputError(f"{source}: results must be a JSON list of objects, got {type(entries).__name__}")
-    table = FrameTable()
     segmentation_lists = [_check_entry(entry, i, source) for i, entry in enumerate(entries)]
-    frame_ids = [_frame(value, table, f"{source}: entry {i} frame {t}")
-                 for i, segmentations in enumerate(segmentation_lists)
-                 for t, value in enumerate(segmentations)]
-    return _finish(source, entries, segmentation_lists, frame_ids, table)
-
-
-def load_predictions(source: str | os.PathLike | bytes | list) -> Predictions:
-    """Reads a results file (plain or .gz), raw JSON bytes, or an in-memory results list."""
-    if isinstance(source, list):
-        return predictions_from_list(source)
-    if isinstance(source, (bytes, bytearray)):
-        name, raw = "<results>", bytes(source)
-    else:
-        name, raw = str(source), read_bytes(source)
-    parts = FRAME_PATTERN.split(raw)
+    video_ids, category_ids, scores = _entry_arrays(entries, source, False)
+    track_of_object: dict[int, int] = {}
+    entry_track = np.fromiter((track_of_object.setdefault(id(s), len(track_of_object))
+                               for s in segmentation_lists), dtype=np.int64, count=len(entries))
+    first_entry = np.zeros(len(track_of_object), dtype=np.int64)
+    first_entry[entry_track[::-1]] = np.arange(len(entries))[::-1]  # first entry of each track
     table = FrameTable()
-    matched = table.add_many(parts[1::2])
-    entries = None
-    if matched is not None:
-        # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
-        try:
-            entries = json.loads(b"1".join(parts[0::2]))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            entries = None
-    if entries is None:  # unusual text: parse it normally (and report errors at their true place)
-        return predictions_from_list(_parse_json(raw, name), name)
-    if not isinstance(entries, list):
-        raise InputError(f"{name}: results must be a JSON list of objects, got {type(entries).__name__}")
-    segmentation_lists = [_check_entry(entry, i, name) for i, entry in enumerate(entries)]
-    flat = list(itertools.chain.from_iterable(segmentation_lists))
+    frame_ids, lengths = [], []
+    for i in first_entry.tolist():
+        segmentations = segmentation_lists[i]
+        lengths.append(len(segmentations))
+        frame_ids.extend(_frame(value, table, f"{source}: entry {i} frame {t}")
+                         for t, value in enumerate(segmentations))
+    return _finish(source, video_ids, category_ids, scores, entry_track,
+                   np.array(lengths, dtype=np.int64), frame_ids, table)
+
+
+# The `segmentations` key of a results entry as json.dump writes it (with or without the space).
+_LIST_KEYS = (b'"segmentations": [', b'"segmentations":[')
+
+
+def _cut_segmentation_lists(raw: bytes) -> tuple[bytes, list[bytes]] | None:
+    """Cuts the value of every `"segmentations": [...]` out of the text: returns the remaining text
+    with the i-th list replaced by the number i, and the lists as byte strings. None when the text is
+    not in the usual layout (the caller then parses it whole).
+
+    A list ends at the last ']' before the next entry's key (the entry's other values, numbers, hold
+    none); the last list at the first `"}]` (frames are `{..."counts": "..."}` and counts strings
+    hold no quote), at an earlier `null]`, or right away for `[]`. A wrong cut cannot go unnoticed:
+    a JSON value starting at a '[' is valid only up to its own closing bracket, and every cut is
+    parsed (the skeleton must give entry i the placeholder i)."""
+    key = next((k for k in _LIST_KEYS if raw.find(k) >= 0), None)
+    if key is None:
+        return None
+    find = raw.find
+    brackets = []
+    start = find(key)
+    while start >= 0:
+        brackets.append(start + len(key) - 1)
+        start = find(key, start + len(key))
+    # Ends: the last ']' before the next key (one short backward scan per list).
+    next_keys = brackets[1:]
+    ends = [raw.rfind(b"]", bracket, next_key - len(key) + 1) + 1 for bracket, next_key in zip(brackets, next_keys)]
+    last = brackets[-1]
+    if raw[last + 1:last + 2] == b"]":  # an empty list
+        end = last + 2
+    else:
+        end = find(b'"}]', last)
+        end = len(raw) if end < 0 else end + 3
+        last_null = find(b"null]", last, end)
+        if last_null >= 0:
+            end = last_null + 5
+        elif end == len(raw):
+            return None
+    ends.append(end)
+    pieces, lists = [], []
+    position = 0
+    for index, (bracket, end) in enumerate(zip(brackets, ends)):
+        if end <= bracket:
+            return None
+        pieces.append(raw[position:bracket])
+        pieces.append(b"%d" % index)
+        lists.append(raw[bracket:end])
+        position = end
+    pieces.append(raw[position:])
+    return b"".join(pieces), lists
+
+
+def _parse_tracks(blobs: list[bytes], table: FrameTable) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distinct segmentation lists (JSON byte strings) -> (lengths (L,), frame ids (F,)) with frames
+    added to `table`; None when some frame is not in the usual layout (parse the file normally)."""
+    text = b"[" + b",".join(blobs) + b"]"
+    parts = FRAME_PATTERN.split(text)
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
+    if matched is None:
+        return None
+    # Every frame in the usual layout becomes the placeholder 1 (no frame can legitimately be 1).
+    try:
+        tracks = json.loads(b"1".join(parts[0::4]))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not (isinstance(tracks, list) and len(tracks) == len(blobs) and all(type(t) is list for t in tracks)):
+        return None
+    lengths = np.fromiter(map(len, tracks), dtype=np.int64, count=len(tracks))
+    flat = list(itertools.chain.from_iterable(tracks))
     try:
         values = np.array(flat, dtype=np.float64)  # placeholder 1.0, null NaN, anything else fails
-        fast = bool(np.isin(values[~np.isnan(values)], (0.0, 1.0)).all()) and \
-            int((values == 1.0).sum()) == len(matched)
     except (TypeError, ValueError):
-        fast = False
-    if fast:
-        frame_ids = np.full(len(values), -1, dtype=np.int64)
-        frame_ids[values == 1.0] = matched
+        return None
+    # Falsy frames (null, 0) are absent frames, as in the official code.
+    if not (np.isin(values[~np.isnan(values)], (0.0, 1.0)).all() and int((values == 1.0).sum()) == len(matched)):
+        return None
+    frame_ids = np.full(len(values), -1, dtype=np.int64)
+    frame_ids[values == 1.0] = matched
+    return lengths, frame_ids
+
+
+def load_predictions(source: str | os.PathLike | bytes | list, name: str | None = None) -> Predictions:
+    """Reads a results file (plain or .gz), raw JSON bytes, or an in-memory results list.
+
+    Fast path: every `segmentations` list is cut out of the text as one byte string, identical lists
+    are parsed once (one track), and only the entries' skeleton goes through `json`. Text in another
+    layout is parsed normally, so every valid file is read and errors are reported at their place."""
+    if isinstance(source, list):
+        return predictions_from_list(source, name or "<results>")
+    if isinstance(source, (bytes, bytearray)):
+        name, raw = name or "<results>", bytes(source)
     else:
-        next_match = iter(matched.tolist())
-        frame_ids = []
-        for i, segmentations in enumerate(segmentation_lists):
-            for t, value in enumerate(segmentations):
-                if _is_int(value) and value == 1:
-                    frame_ids.append(next(next_match))
-                else:
-                    frame_ids.append(_frame(value, table, f"{name}: entry {i} frame {t}"))
-    return _finish(name, entries, segmentation_lists, frame_ids, table)
+        name, raw = str(source), read_bytes(source)
+    fast = _load_predictions_fast(raw, name)
+    if fast is not None:
+        return fast
+    return predictions_from_list(_parse_json(raw, name), name)
+
+
+def _load_predictions_fast(raw: bytes, name: str) -> Predictions | None:
+    cut = _cut_segmentation_lists(raw)
+    if cut is None:
+        return None
+    skeleton, lists = cut
+    try:
+        entries = json.loads(skeleton)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(entries, list) or len(entries) != len(lists):
+        return None
+    # The i-th entry must hold the i-th cut list (placeholder i), else the layout is unusual.
+    if not all(type(entry) is dict and type(entry.get("segmentations")) is int and entry["segmentations"] == i
+               for i, entry in enumerate(entries)):
+        return None
+    video_ids, category_ids, scores = _entry_arrays(entries, name, True)
+    track_of_list: dict[bytes, int] = {}
+    entry_track = np.fromiter((track_of_list.setdefault(blob, len(track_of_list)) for blob in lists),
+                              dtype=np.int64, count=len(lists))
+    table = FrameTable()
+    parsed = _parse_tracks(list(track_of_list), table)
+    if parsed is None:
+        return None
+    lengths, frame_ids = parsed
+    return _finish(name, video_ids, category_ids, scores, entry_track, lengths, frame_ids, table)

@@ -125,15 +125,27 @@ def _intersection_task(item: tuple) -> np.ndarray:
 def pair_ious(gt: GroundTruth, preds: Predictions, dt_index: np.ndarray, gt_index: np.ndarray,
               min_iou: float, parallel_map: IntersectionMap | None = None) -> np.ndarray:
     """Video IoU of every (prediction, ground truth) pair (P,), exact wherever it is >= min_iou;
-    pairs that cannot reach min_iou get 0 without being intersected."""
+    pairs that cannot reach min_iou get 0 without being intersected. Predictions sharing a track
+    (identical segmentation lists) share their IoU rows: each (track, ground truth) pair is computed once."""
     num_pairs = len(dt_index)
-    ious = np.zeros(num_pairs)
     if num_pairs == 0:
-        return ious
-    dt_len = np.diff(preds.frame_offsets)[dt_index]
+        return np.zeros(0)
+    track = preds.entry_track[dt_index]
+    num_gt = max(len(gt.ann_ids), 1)
+    pair_key, pair_of_unique = np.unique(track * num_gt + gt_index, return_inverse=True)
+    return _track_pair_ious(gt, preds, pair_key // num_gt, pair_key % num_gt, min_iou,
+                            parallel_map)[pair_of_unique.reshape(-1)]
+
+
+def _track_pair_ious(gt: GroundTruth, preds: Predictions, track: np.ndarray, gt_index: np.ndarray,
+                     min_iou: float, parallel_map: IntersectionMap | None) -> np.ndarray:
+    """pair_ious for (track, ground truth) pairs (P,)."""
+    num_pairs = len(track)
+    ious = np.zeros(num_pairs)
+    dt_len = np.diff(preds.track_offsets)[track]
     gt_len = np.diff(gt.frame_offsets)[gt_index]
     pair_of_frame, t = _segment_ranges(np.minimum(dt_len, gt_len))  # zip() truncation
-    dt_frame = preds.frame_ids[preds.frame_offsets[dt_index][pair_of_frame] + t]
+    dt_frame = preds.track_frame_ids[preds.track_offsets[track][pair_of_frame] + t]
     gt_frame = gt.frame_ids[gt.frame_offsets[gt_index][pair_of_frame] + t]
     dt_area = _lookup(preds.table.areas, dt_frame)
     gt_area = _lookup(gt.table.areas, gt_frame)

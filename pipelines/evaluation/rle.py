@@ -23,8 +23,8 @@ _AREA_CHUNK = 255
 _PAIR_CHUNK = 64
 
 # One compressed-RLE frame as json.dump writes it, with or without spaces:
-# {"size": [h, w], "counts": "..."}; the group is the distinct part 'h, w], "counts": "...'.
-FRAME_PATTERN = re.compile(rb'\{"size": ?\[(\d+, ?\d+\], ?"counts": ?"[^"]*)"\}')
+# {"size": [h, w], "counts": "..."}; groups: height, width, counts (JSON string body).
+FRAME_PATTERN = re.compile(rb'\{"size": ?\[(\d+), ?(\d+)\], ?"counts": ?"([^"]*)"\}')
 
 
 def _unescape(counts: bytes) -> bytes:
@@ -35,6 +35,21 @@ def _unescape(counts: bytes) -> bytes:
     if plain.count(b"\\") == counts.count(b"\\\\"):  # only escaped backslashes (the usual case)
         return plain
     return json.loads(b'"' + counts + b'"').encode("ascii")
+
+
+def _has_escaped_end(joined: bytes) -> bool:
+    """Whether a string body of `joined` (bodies joined by '"', which no body contains) ends in an odd
+    number of backslashes: its closing quote was escaped, so FRAME_PATTERN cut the string short."""
+    text = joined + b'"'
+    position = text.find(b'\\"')
+    while position >= 0:
+        start = position
+        while start > 0 and text[start - 1] == 92:  # 92: backslash
+            start -= 1
+        if (position + 1 - start) % 2:
+            return True
+        position = text.find(b'\\"', position + 2)
+    return False
 
 
 class FrameTable:
@@ -70,28 +85,43 @@ class FrameTable:
         self._widths.append(width)
         return len(self.counts) - 1
 
-    def add_many(self, keys: list[bytes]) -> np.ndarray | None:
-        """Adds frames cut out by FRAME_PATTERN (its group); returns their indices (n,), or None when
-        a key is not a plain frame (an escaped quote inside the string): parse that file normally."""
-        n = len(keys)
-        distinct: dict[bytes, int] = {}
-        for key in dict.fromkeys(keys):
-            distinct[key] = len(distinct)
-        # Keys are distinct already: append without the (h, w, counts) index that add() keeps.
-        base = len(self.counts)
-        for key in distinct:
-            size, _, rest = key.partition(b"]")
-            counts = rest.split(b'"', 3)[3]
-            if (len(counts) - len(counts.rstrip(b"\\"))) % 2:
-                return None
-            height, width = size.split(b",")
-            self.counts.append(_unescape(counts))
-            self._heights.append(int(height))
-            self._widths.append(int(width))
-        mapping = np.arange(base, base + len(distinct), dtype=np.int64)
+    def add_many(self, heights: list[bytes], widths: list[bytes], counts: list[bytes]) -> np.ndarray | None:
+        """Adds frames cut out by FRAME_PATTERN (its three groups, per frame); returns their indices
+        (n,), or None when a frame is not a plain one (an escaped quote inside the string): parse
+        that file normally. Equal frames are stored once; the work is in C but for one dict pass."""
+        n = len(counts)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        return mapping[np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=n)]
+        height = np.array(heights).astype(np.int64)
+        width = np.array(widths).astype(np.int64)
+        index = {key: i for i, key in enumerate(dict.fromkeys(counts))}
+        frame_index = np.fromiter(map(index.__getitem__, counts), dtype=np.int64, count=n)
+        first = np.zeros(len(index), dtype=np.int64)
+        first[frame_index[::-1]] = np.arange(n)[::-1]  # first frame of each distinct counts string
+        if not ((height[first][frame_index] == height).all() and (width[first][frame_index] == width).all()):
+            # One counts string under several sizes (rare): distinct per (height, width, counts).
+            index = {key: i for i, key in enumerate(dict.fromkeys(zip(heights, widths, counts)))}
+            frame_index = np.fromiter(map(index.__getitem__, zip(heights, widths, counts)),
+                                      dtype=np.int64, count=n)
+            first = np.zeros(len(index), dtype=np.int64)
+            first[frame_index[::-1]] = np.arange(n)[::-1]
+            distinct = [key[2] for key in index]
+        else:
+            distinct = list(index)
+        joined = b'"'.join(distinct)
+        if b"\\" in joined:
+            if _has_escaped_end(joined):
+                return None
+            plain = joined.replace(b"\\\\", b"\\")
+            if plain.count(b"\\") == joined.count(b"\\\\"):  # only escaped backslashes (the usual case)
+                distinct = plain.split(b'"')
+            else:
+                distinct = [_unescape(key) for key in distinct]
+        base = len(self.counts)
+        self.counts.extend(distinct)
+        self._heights.extend(height[first].tolist())
+        self._widths.extend(width[first].tolist())
+        return frame_index + base
 
     def finalize(self) -> "FrameTable":
         """Computes the area of every mask not measured yet (call after adding)."""

@@ -93,8 +93,6 @@ def load_initial_weights(model: torch.nn.Module, uri: str) -> str:
     """Initialise from `uri`: an official COCO Mask2Former ``.pkl`` / CTVIS ``.pth``, or one of ours
     (a training checkpoint directory or ``state.pt``, or a registered ``model.pt``). Returns the
     load report as text."""
-    from models import checkpoint as official
-
     with tempfile.TemporaryDirectory() as tmp:
         if storage.local_path(uri) is not None and storage.local_path(uri).is_dir():
             path = storage.local_path(uri) / state.STATE_FILE
@@ -106,8 +104,7 @@ def load_initial_weights(model: torch.nn.Module, uri: str) -> str:
             if isinstance(payload, dict) and (payload.get("format") == WEIGHTS_FORMAT
                                               or payload.get("format_version") == state.FORMAT_VERSION):
                 return _load_ours(model, payload["model"], uri)
-        report = official.load_official_weights(model.network, path)
-        return report.summary()
+        return model.load_official_checkpoint(path).summary()
 
 
 def _load_ours(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> str:

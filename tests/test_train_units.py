@@ -190,10 +190,13 @@ def test_overlay_strip_and_loss_plot_are_pngs():
     masks = np.zeros((2, 5, 32, 40), dtype=bool)
     masks[0, :, 4:12, 4:12] = True
     masks[1, 2:, 20:30, 10:30] = True
-    png = overlay_strip(frames, masks, [0, 3], [0.9, 0.6], ["disc", "square"], max_frames=3)
+    png = overlay_strip(frames, masks, [0, 3], [0.9, 0.6], ["disc", "square"], max_frames=3, min_height=32)
     image = np.asarray(Image.open(io.BytesIO(png)))
     assert image.shape == (32, 3 * 40 + 2 * 2, 3)
     assert image[8, 8].any()  # the first mask is painted on the first frame
+    enlarged = np.asarray(Image.open(io.BytesIO(overlay_strip(frames, masks, [0], [0.9], ["disc"], max_frames=1,
+                                                              min_height=64))))
+    assert enlarged.shape == (64, 80, 3)  # 2x: small videos are drawn larger
     plot = Image.open(io.BytesIO(loss_curve_plot({"loss_total": ([1, 2, 3], [3.0, 2.0, 1.0]),
                                                   "loss_reid": ([1, 3], [0.5, 0.2])})))
     assert plot.size == (900, 520)

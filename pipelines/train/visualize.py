@@ -19,14 +19,21 @@ PALETTE = np.array([
 
 
 def overlay_strip(frames: np.ndarray, masks: np.ndarray, track_ids: Sequence[int], scores: Sequence[float],
-                  labels: Sequence[str], max_frames: int = 8, alpha: float = 0.55) -> bytes:
+                  labels: Sequence[str], max_frames: int = 8, alpha: float = 0.55, min_height: int = 192) -> bytes:
     """PNG bytes of up to `max_frames` evenly spaced frames with the instances drawn over them.
+
+    Frames smaller than `min_height` are enlarged by an integer factor (nearest neighbour) first,
+    so that the ids stay legible on small videos.
 
     frames: uint8 (T,H,W,3); masks: bool (k,T,H,W) at the frames' size; track_ids, scores, labels:
     (k,) the track each mask belongs to (its colour), its score and its class name.
     """
     from PIL import Image, ImageDraw
 
+    scale = max(1, -(-min_height // frames.shape[1]))
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+        masks = masks.repeat(scale, axis=2).repeat(scale, axis=3)
     T, H, W, _ = frames.shape
     chosen = np.unique(np.linspace(0, T - 1, num=min(max_frames, T)).round().astype(np.int64))
     colours = PALETTE[np.asarray(track_ids, dtype=np.int64) % len(PALETTE)] if len(track_ids) else np.zeros((0, 3))

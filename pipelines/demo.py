@@ -28,13 +28,13 @@ DEMO_RUN_NAME = "tiny-demo"
 # shapes well enough for the stricter IoU thresholds), 2-frame clips, 4 clips per step over the 2 workers, a
 # 10x higher learning rate than the released recipe (the tiny model starts from random weights, not
 # from COCO), the lr dropped 10x for the last fifth, MLflow logging every 20 steps.
-DEMO_MAX_ITER = 2400
+DEMO_MAX_ITER = 1200
 DEMO_OVERRIDES = (
     "data.sampling_frame_num=2", "data.sampling_frame_range=4",
     "data.min_size_train=[128]", "data.max_size_train=160", "data.min_size_test=128", "data.max_size_test=160",
     "train.batch_size=4", "train.optimizer.lr=1e-3",
     f"train.schedule={{max_iter: {DEMO_MAX_ITER}, steps: [{DEMO_MAX_ITER * 4 // 5}], gamma: 0.1, warmup_iters: 0}}",
-    "train.checkpoint_period=400", "train.keep_checkpoints=2", "train.eval_period=800", "train.log_period=20",
+    "train.checkpoint_period=300", "train.keep_checkpoints=2", "train.eval_period=600", "train.log_period=20",
     "compute.cpus_per_worker=0.5", "compute.cpus_per_decoder=0.25",
     "eval.visualize_videos=2",
 )

@@ -229,3 +229,8 @@ def test_train_verb_is_listed_and_reports_config_errors(capsys):
     assert "train" in capsys.readouterr().out
     assert main(["train", str(PROJECT_ROOT / "experiments" / "tiny.yaml"), "train.fault_at_step=-1"]) == 2
     assert "train.fault_at_step" in capsys.readouterr().err
+    tiny = str(PROJECT_ROOT / "experiments" / "tiny.yaml")
+    assert main(["train", tiny, "train.batch_size=3", "compute.num_workers=2"]) == 2
+    assert "must be a multiple of compute.num_workers 2" in capsys.readouterr().err
+    assert main(["train", tiny]) == 2  # the tiny experiment's splits are raw: they need ingesting first
+    assert "no `shards` URI; run `ctvis data ingest`" in capsys.readouterr().err

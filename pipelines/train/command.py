@@ -30,9 +30,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ctvis train: error: {exc}", file=sys.stderr)
         return 2
-    import ray
+    from pipelines.train.job import format_summary, preflight, run_training
 
-    from pipelines.train.job import format_summary, run_training
+    try:
+        preflight(experiment)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ctvis train: error: {exc}", file=sys.stderr)
+        return 2
+    import ray
 
     if args.ray_address:
         ray.init(address=args.ray_address)

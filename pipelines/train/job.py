@@ -152,7 +152,8 @@ def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], fina
 
     name = experiment.tracking.registered_model_name or experiment.name
     try:
-        tracker.client.list_artifacts(tracker.run_id, "model")
+        if not tracker.client.list_artifacts(tracker.run_id, "model"):
+            return None  # no weights were logged (rank 0 logs them at the final step)
     except MlflowException:
         return None
     metrics_text = ", ".join(f"{k.split('/', 1)[-1]} {v:.2f}" for k, v in val_metrics.items()
@@ -166,6 +167,24 @@ def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], fina
     return tracker.register_model(name, "model", description=description, tags=tags)
 
 
+def preflight(experiment: Any) -> None:
+    """Fail in the driver, before any worker starts, on what would make every worker fail."""
+    from pipelines.data.pipeline import load_train_manifests
+
+    workers = experiment.compute.num_workers
+    if experiment.train.batch_size % workers:
+        raise ValueError(f"{experiment.source}: train.batch_size {experiment.train.batch_size} must be a multiple of "
+                         f"compute.num_workers {workers} (the batch is counted in clips across all workers)")
+    load_train_manifests(experiment.data.train)  # every training split needs ingested shards
+    val = experiment.data.val
+    if val is not None and not val.shards:
+        raise ValueError(f"{experiment.source}: data.val ({val.name}) has no `shards`: ingest it with `ctvis data "
+                         "ingest` and set data.val.shards (or data.val=null to train without validation)")
+    if val is not None and experiment.eval.benchmark not in ("ytvis", "ovis"):
+        raise ValueError(f"{experiment.source}: eval.benchmark {experiment.eval.benchmark!r}: validation during "
+                         "training supports ytvis and ovis")
+
+
 def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None,
                  log: Callable[[str], None] = print) -> TrainingSummary:
     """Train `experiment` on the connected Ray cluster (or a local one), end to end."""
@@ -176,6 +195,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
 
     started = time.time()
     storage.configure_s3(storage.S3Options.from_config(experiment.storage.s3))
+    preflight(experiment)
     runs_root = _absolute(experiment.storage.runs_root)
     run_name = experiment.train.run_name or experiment.name
     tracker = RunTracker(experiment.tracking.tracking_uri)

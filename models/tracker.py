@@ -41,8 +41,35 @@ REMOVED_BY_NMS = -2
 NO_TRACK_ID = -1
 
 # Below this logit the float32 ``sigmoid(x) > 0.5`` test can disagree with ``x > 0`` (sigmoid rounds
-# to exactly 0.5 for 0 < x < ~6e-8); above it both agree. Only such pixels pay for a sigmoid.
+# to exactly 0.5 for 0 < x < ~6e-8); above it both agree. Only such pixels pay for a sigmoid. Lower
+# precisions round sigmoid(x) = 0.5 + x/4 to 0.5 up to x ~ eps: see _ambiguous_logit.
 _SIGMOID_AMBIGUOUS_LOGIT = 1e-4
+
+
+def _ambiguous_logit(dtype: torch.dtype) -> float:
+    return max(_SIGMOID_AMBIGUOUS_LOGIT, 8 * torch.finfo(dtype).eps)
+
+
+def _numpy_view(tensor: Tensor) -> np.ndarray | None:
+    """Zero-copy numpy view of a CPU tensor (dtype numpy knows), else None.
+
+    The tracker's full-mask passes (gather, thresholds, pixel counts) are simple elementwise work on
+    a few MB per frame. On CPU, numpy does them single-threaded in 0.04-0.13 ms each where torch
+    takes 0.3 ms on one thread and 4-12 ms on two threads of a loaded machine (each op opens an
+    OpenMP parallel region whose barrier waits for a descheduled thread; measured). The results
+    are the same booleans and integer counts; accelerators keep the torch path.
+    """
+    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
+        return None
+    return tensor.detach().numpy()
+
+
+def _gather_rows(tensor: Tensor, index: np.ndarray) -> Tensor:
+    """tensor[index] along dim 0 (a copy), index a host int64 array."""
+    array = _numpy_view(tensor)
+    if array is not None:
+        return torch.from_numpy(np.take(array, index, axis=0))
+    return tensor.index_select(0, torch.from_numpy(index).to(tensor.device))
 
 
 @dataclass(frozen=True)
@@ -141,34 +168,37 @@ class VideoTracks:
 
     def __repr__(self) -> str:
         return (f"VideoTracks(tracks={len(self)}, frames={self.num_frames}, mask_size={self.mask_size}, "
-                f"{'dense' if self._pred_masks is not None else 'compact'})")
+                f"{'dense' if self.frame_masks is None else 'compact'})")
 
     @property
     def num_frames(self) -> int:
-        return int(self._pred_masks.shape[1]) if self._pred_masks is not None else len(self.frame_masks)
+        return int(self._pred_masks.shape[1]) if self.frame_masks is None else len(self.frame_masks)
 
     @property
     def mask_size(self) -> tuple[int, int]:
-        source = self._pred_masks if self._pred_masks is not None else self.frame_masks[0]
+        source = self._pred_masks if self.frame_masks is None else self.frame_masks[0]
         return int(source.shape[-2]), int(source.shape[-1])
 
     @property
     def recorded(self) -> np.ndarray:
         """(N, T) bool: where a track has a mask (every frame for the dense form)."""
-        if self._pred_masks is not None:
+        if self.mask_rows is None:
             return np.ones(self._pred_masks.shape[:2], dtype=bool)
         return self.mask_rows.numpy() >= 0
 
-    def frame_planes(self, frame: int, tracks: Tensor | np.ndarray) -> Tensor:
-        """(p, h, w) mask logits of the given tracks (rows, recorded) at one frame."""
-        tracks = torch.as_tensor(tracks, dtype=torch.long)
-        if self._pred_masks is not None:
-            return self._pred_masks[:, frame].index_select(0, tracks.to(self._pred_masks.device))
-        source = self.frame_masks[frame]
-        rows = self.mask_rows[tracks, frame]
-        if bool((rows < 0).any()):
-            raise ValueError(f"VideoTracks.frame_planes: a requested track is absent in frame {frame}")
-        return source.index_select(0, rows.to(source.device))
+    def planes(self, tracks: np.ndarray, frames: np.ndarray) -> Tensor:
+        """(p, h, w) mask logits of the given (track row, frame) pairs, which must be recorded."""
+        if self.frame_masks is None:
+            device = self._pred_masks.device
+            return self._pred_masks[torch.from_numpy(tracks).to(device), torch.from_numpy(frames).to(device)]
+        rows = self.mask_rows.numpy()[tracks, frames]
+        if (rows < 0).any():
+            raise ValueError("VideoTracks.planes: a requested track is absent in that frame")
+        if rows.size == 0:
+            height, width = self.mask_size
+            return self.frame_masks[0].new_zeros(0, height, width)
+        # Each plane is one row of its frame's tensor; the frames differ, so one index per plane.
+        return torch.stack([self.frame_masks[frame][row] for frame, row in zip(frames.tolist(), rows.tolist())])
 
     @property
     def pred_masks(self) -> Tensor:
@@ -194,10 +224,18 @@ def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
     ``x <= 0`` gives ``sigmoid(x) <= 0.5`` and ``x > 1e-4`` gives ``sigmoid(x) > 0.5`` in float32;
     only the rare logits in between are evaluated with the real sigmoid.
     """
+    ambiguous_logit = _ambiguous_logit(mask_logits.dtype)
+    array = _numpy_view(mask_logits)
+    if array is not None:
+        binary = array > 0
+        strict = array > ambiguous_logit
+        # strict is a subset of binary: equal counts mean equal masks (almost always).
+        if np.count_nonzero(binary) != np.count_nonzero(strict):
+            ambiguous = binary & ~strict
+            binary[ambiguous] = (torch.from_numpy(array[ambiguous]).sigmoid() > 0.5).numpy()
+        return torch.from_numpy(binary)
     binary = mask_logits > 0
-    # Almost never true. strict is a subset of binary, so equal pixel counts mean equal masks:
-    # two int32 byte sums instead of torch.equal (several times slower on CPU, measured).
-    strict = mask_logits > _SIGMOID_AMBIGUOUS_LOGIT
+    strict = mask_logits > ambiguous_logit
     if _count_true(binary) != _count_true(strict):
         ambiguous = binary & ~strict
         binary[ambiguous] = mask_logits[ambiguous].sigmoid() > 0.5
@@ -250,7 +288,11 @@ def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
         return keep
     # Per-row pixel counts are the only full pass: int32 sums of the bytes (a bool sum, or a uint8
     # sum to int64, first converts the whole tensor; measured several times slower).
-    row_counts = _host(binary_masks.view(torch.uint8).sum(dim=2, dtype=torch.int32))  # (n, h)
+    array = _numpy_view(binary_masks)
+    if array is not None:
+        row_counts = array.view(np.uint8).sum(axis=2, dtype=np.int32)                  # (n, h)
+    else:
+        row_counts = _host(binary_masks.view(torch.uint8).sum(dim=2, dtype=torch.int32))
     area = row_counts.sum(axis=1, dtype=np.int64)                                # (n,) exact
     # Masks i and j can only intersect on rows where both have pixels, and at most
     # min(count_i, count_j) pixels per such row: an upper bound of the intersection that is 0 exactly
@@ -266,7 +308,10 @@ def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     first, second = np.nonzero(upper & (inter_bound > 0) & (iou_bound > nms_thr - 1e-6))
     if first.size:
         flat = binary_masks.reshape(num, -1)
-        if first.size <= num:
+        if first.size <= num and array is not None:
+            flat_array = array.reshape(num, -1)
+            intersection = (flat_array[first] & flat_array[second]).view(np.uint8).sum(axis=1, dtype=np.int64)
+        elif first.size <= num:
             index = torch.from_numpy(np.stack([first, second])).to(binary_masks.device)
             intersection = _host(torch.count_nonzero(flat[index[0]] & flat[index[1]], dim=1))
         else:
@@ -582,7 +627,7 @@ class VideoTracker:
         num_selected = max(1, int(np.count_nonzero(scores_host > self._select_thr)))
 
         # 2. greedy mask NMS over the selected candidates (their masks only).
-        candidate_masks = pred_masks.index_select(0, order[:num_selected])
+        candidate_masks = _gather_rows(pred_masks, order_host[:num_selected])
         kept_pos = np.flatnonzero(mask_nms_keep(binarize_mask_logits(candidate_masks), config.mask_nms_thr))
         kept_queries = order_host[kept_pos]
         kept_scores_host = scores_host[kept_pos]
@@ -614,7 +659,7 @@ class VideoTracker:
         # 4. video bookkeeping: only the tracked queries' logits and masks are kept.
         self._frame_ids.append(ids)
         self._frame_logits.append(pred_logits.index_select(0, tracked_t))
-        self._frame_masks.append(pred_masks.index_select(0, tracked_t).to(self.mask_storage_device))
+        self._frame_masks.append(_gather_rows(pred_masks, tracked_queries).to(self.mask_storage_device))
         self._record_entries(ids, frame_index)
         self._num_frames += 1
 

@@ -9,14 +9,18 @@ tracklets, N output tracks.
 
 Where the work goes (and why it is fast):
 
-* heavy tensor work stays on the input's device and is batched: score sort, mask binarisation,
-  the pairwise mask IoU (an exact area/box bound, then integer intersections of the few pairs that
-  can overlap), the bi-softmax / cosine match matrix, the memory-bank update of all matched
-  tracklets at once;
+* per frame, only the selected detections' masks are read (one gather), binarised and counted
+  per row; the pairwise mask IoU is exact from the areas for pairs sharing no row, bounded for the
+  rest, and an integer intersection is computed only for the few pairs the bound cannot settle.
+  On CPU these full-mask passes run on numpy views (see ``_numpy_view``);
+* the bi-softmax / cosine match matrix and the memory-bank update of all matched tracklets are
+  a few batched torch ops on the state's device; the bank lives in preallocated slots;
 * the inherently sequential decisions (greedy NMS over the QxQ overlap matrix, greedy matching in
   score order) run on small host copies of those matrices, one transfer each per frame;
-* the video bookkeeping (which track is present in which frame, noise-track deletion) is a few
-  integer arrays, not per-frame Python dictionaries of masks.
+* nothing grows with the video inside a step: the tracked masks are kept as one small tensor per
+  frame and :class:`VideoTracks` reads them in place (the dense (N, T, h, w) tensor is only built
+  when asked for); the video bookkeeping (which track is present in which frame, noise-track
+  deletion) is a few integer arrays.
 
 Semantics follow the released code, including its quirks (documented where they matter):
 ``-3/-2/-1`` diagnostic codes, "keep the top detection when none passes the select threshold",
@@ -659,7 +663,8 @@ class VideoTracker:
         # 4. video bookkeeping: only the tracked queries' logits and masks are kept.
         self._frame_ids.append(ids)
         self._frame_logits.append(pred_logits.index_select(0, tracked_t))
-        self._frame_masks.append(_gather_rows(pred_masks, tracked_queries).to(self.mask_storage_device))
+        # From the candidates' copy (just read, still in cache) rather than the frame's full output.
+        self._frame_masks.append(_gather_rows(candidate_masks, kept_pos[has_id]).to(self.mask_storage_device))
         self._record_entries(ids, frame_index)
         self._num_frames += 1
 

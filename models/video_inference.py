@@ -1,6 +1,7 @@
 """Video-level post-processing of the tracker output and clip-chunked whole-video inference.
 
-:func:`inference_video` reproduces the released ``CTVISModel.inference_video``: softmax over the
+:func:`inference_video` (dense track masks) and :func:`inference_tracks` (the tracker's compact
+:class:`VideoTracks`) reproduce the released ``CTVISModel.inference_video``: softmax over the
 tracks' temporal logits, drop the no-object class, top-k over (track x class), masks upsampled to
 the padded image tensor size (bilinear, align_corners=False), cropped to the unpadded image size,
 resized to the output (height, width), binarised ``> 0``, and every score multiplied by the mask
@@ -12,10 +13,15 @@ doing far less work than the released per-entry loop:
 * a track that appears in several top-k entries (one per class) is upsampled once and shared;
 * frames where a track's mask logits have no positive pixel produce an all-False mask and add
   nothing to the confidence (bilinear weights are a convex combination), so they are skipped;
-* a same-size second resize is the identity and is skipped; the sigmoid is only evaluated where
-  the mask is on.
+* a same-size second resize is the identity and is skipped;
+* positive output pixels can only lie in a window derived from the low-resolution positive rows
+  and columns (through both resizes, see ``_output_window``): the threshold, the sigmoid and the
+  counts run on that window only, and the result is kept as windows (:class:`MaskWindows`) rather
+  than a dense (U, T, H, W) tensor of mostly zeros (built only when ``track_masks``/``masks`` is
+  read).
 
-Not done, on purpose: interpolating only a window around the object. It looks exact for
+Not done, on purpose: interpolating only a window around the object (the planes are still upsampled
+whole; only the statistics use the window). It looks exact for
 power-of-two scales, but the CPU kernel's rounding depends on where a pixel sits in the output
 buffer, so a cropped interpolation differs from the full one in the last bit (measured), which can
 flip mask pixels whose logit is ~0.
@@ -32,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.tracker import TrackerConfig, VideoTracker, VideoTracks
+from models.tracker import TrackerConfig, VideoTracker, VideoTracks, _numpy_view
 
 
 @dataclass(frozen=True)
@@ -192,8 +198,11 @@ def inference_tracks(tracks: VideoTracks, padded_size: tuple[int, int], image_si
         planes = tracks.planes(unique_host[chunk_track], chunk_frame)                    # (p, h, w)
         # Where each plane has a positive logit (rows, columns): a plane without one upsamples to
         # values <= 0 only, an all-False mask adding nothing to the confidence: skipped.
-        rows_on = _host(planes.amax(dim=2) > 0)
-        cols_on = _host(planes.amax(dim=1) > 0)
+        array = _numpy_view(planes)
+        if array is not None:   # single-threaded numpy: see models.tracker._numpy_view
+            rows_on, cols_on = array.max(axis=2) > 0, array.max(axis=1) > 0
+        else:
+            rows_on, cols_on = _host(planes.amax(dim=2) > 0), _host(planes.amax(dim=1) > 0)
         present = np.flatnonzero(rows_on.any(axis=1))
         if present.size == 0:
             continue

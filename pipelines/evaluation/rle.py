@@ -37,9 +37,18 @@ def _unescape(counts: bytes) -> bytes:
     return json.loads(b'"' + counts + b'"').encode("ascii")
 
 
+def _parse_ints(digits: list[bytes]) -> np.ndarray:
+    """Decimal byte strings (n,) -> int64 (n,); a file holds few distinct mask sizes, so each distinct
+    string is converted once."""
+    value = {key: int(key) for key in dict.fromkeys(digits)}
+    return np.fromiter(map(value.__getitem__, digits), dtype=np.int64, count=len(digits))
+
+
 def _has_escaped_end(joined: bytes) -> bool:
     """Whether a string body of `joined` (bodies joined by '"', which no body contains) ends in an odd
     number of backslashes: its closing quote was escaped, so FRAME_PATTERN cut the string short."""
+    if not joined.endswith(b"\\") and joined.find(b'\\"') < 0:
+        return False  # the usual case: no body ends in a backslash (checked without copying the text)
     text = joined + b'"'
     position = text.find(b'\\"')
     while position >= 0:
@@ -92,8 +101,7 @@ class FrameTable:
         n = len(counts)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        height = np.array(heights).astype(np.int64)
-        width = np.array(widths).astype(np.int64)
+        height, width = _parse_ints(heights), _parse_ints(widths)
         index = {key: i for i, key in enumerate(dict.fromkeys(counts))}
         frame_index = np.fromiter(map(index.__getitem__, counts), dtype=np.int64, count=n)
         first = np.zeros(len(index), dtype=np.int64)

@@ -96,7 +96,7 @@ def load_ground_truth(source: str | os.PathLike | bytes | dict, name: str | None
         name, raw = str(source), read_bytes(source)
     parts = FRAME_PATTERN.split(raw)
     table = FrameTable()
-    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4], deduplicate=False)
     if matched is not None and len(matched):
         try:
             dataset = json.loads(b"1".join(parts[0::4]))

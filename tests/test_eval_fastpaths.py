@@ -187,3 +187,21 @@ def test_frame_table_bulk_add_without_dedup_keeps_every_frame_and_measures_areas
     # Areas do not depend on the size pycocotools is given (the table measures with a shared one).
     assert table.areas.tolist() == [int(m.sum()) for m in masks]
     assert table.heights.tolist() == [5] * 4 and table.widths.tolist() == [7] * 4
+
+
+@pytest.mark.parametrize("areas", [[True, 4], [float("nan")], [None, float("inf")], ["12"], 5, [[3]]])
+def test_ground_truth_rejects_bad_areas_naming_the_annotation(areas):
+    dataset = {"videos": [{"id": 1, "height": 2, "width": 2, "length": 2}], "categories": [{"id": 1}],
+               "annotations": [{"id": 7, "video_id": 1, "category_id": 1, "segmentations": [None, None],
+                                "areas": areas}]}
+    with pytest.raises(InputError, match=r"annotations\[0\] \(id 7\): 'areas' must be a list of numbers"):
+        load_ground_truth(dataset)
+
+
+def test_ground_truth_mean_area_skips_nulls_and_zeros():
+    dataset = {"videos": [{"id": 1, "height": 2, "width": 2, "length": 4}], "categories": [{"id": 1}],
+               "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [None] * 4,
+                                "areas": [None, 0, 2, 3.5]},
+                               {"id": 2, "video_id": 1, "category_id": 1, "segmentations": [None] * 4,
+                                "areas": [None, 0, 0.0, None]}]}
+    assert load_ground_truth(dataset).ann_avg_area.tolist() == [2.75, 0.0]

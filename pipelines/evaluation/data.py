@@ -35,6 +35,9 @@ def _parse_json(raw: bytes, source: str):
         raise InputError(f"{source}: not UTF-8 text ({error})") from None
 
 
+_AREA_TYPES = {int, float, type(None)}
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -221,11 +224,16 @@ def _build_ground_truth(name: str, dataset, table: FrameTable, matched: np.ndarr
             warnings.append(f"{where} (id {ann['id']}) has no 'areas'; using its mask areas")
             avg_area.append(None)  # filled from the masks below
         else:
-            if not isinstance(areas, list) or not all(a is None or _is_number(a) for a in areas):
-                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
             # Area ranges use the JSON areas (official), their mean over non-null, non-zero frames.
+            # Checked in bulk: ints, floats and nulls only (not bools), and no NaN or infinity
+            # (those are truthy, so they are among the present values).
+            if not isinstance(areas, list) or not set(map(type, areas)) <= _AREA_TYPES:
+                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
             present = [a for a in areas if a]
-            avg_area.append(float(np.array(present).mean()) if present else 0.0)
+            values = np.array(present, dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
+            avg_area.append(float(values.mean()) if present else 0.0)
         occlusion = ann.get("occlusion")
         if occlusion is None:
             occ_score.append(math.nan)

@@ -52,9 +52,9 @@ def make_case(cache_dir: Path, seed: int) -> tuple[Path, Path]:
 
 
 def ours(gt_path: Path, results_path: Path) -> np.ndarray:
-    # As `ctvis eval` does: the results file is read and gunzipped in a thread while the GT is parsed.
+    # As `ctvis eval` does: both files are read and gunzipped in threads; the results one while the GT is parsed.
     results_bytes = read_bytes_in_background(results_path)
-    gt = load_ground_truth(gt_path)
+    gt = load_ground_truth(read_bytes_in_background(gt_path).result(), name=str(gt_path))
     return evaluate(gt, load_predictions(results_bytes.result(), name=str(results_path))).stats
 
 

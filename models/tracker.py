@@ -9,14 +9,18 @@ tracklets, N output tracks.
 
 Where the work goes (and why it is fast):
 
-* heavy tensor work stays on the input's device and is batched: score sort, mask binarisation,
-  the pairwise mask IoU (an exact area/box bound, then integer intersections of the few pairs that
-  can overlap), the bi-softmax / cosine match matrix, the memory-bank update of all matched
-  tracklets at once;
+* per frame, only the selected detections' masks are read (one gather), binarised and counted
+  per row; the pairwise mask IoU is exact from the areas for pairs sharing no row, bounded for the
+  rest, and an integer intersection is computed only for the few pairs the bound cannot settle.
+  On CPU these full-mask passes run on numpy views (see ``_numpy_view``);
+* the bi-softmax / cosine match matrix and the memory-bank update of all matched tracklets are
+  a few batched torch ops on the state's device; the bank lives in preallocated slots;
 * the inherently sequential decisions (greedy NMS over the QxQ overlap matrix, greedy matching in
   score order) run on small host copies of those matrices, one transfer each per frame;
-* the video bookkeeping (which track is present in which frame, noise-track deletion) is a few
-  integer arrays, not per-frame Python dictionaries of masks.
+* nothing grows with the video inside a step: the tracked masks are kept as one small tensor per
+  frame and :class:`VideoTracks` reads them in place (the dense (N, T, h, w) tensor is only built
+  when asked for); the video bookkeeping (which track is present in which frame, noise-track
+  deletion) is a few integer arrays.
 
 Semantics follow the released code, including its quirks (documented where they matter):
 ``-3/-2/-1`` diagnostic codes, "keep the top detection when none passes the select threshold",
@@ -41,8 +45,35 @@ REMOVED_BY_NMS = -2
 NO_TRACK_ID = -1
 
 # Below this logit the float32 ``sigmoid(x) > 0.5`` test can disagree with ``x > 0`` (sigmoid rounds
-# to exactly 0.5 for 0 < x < ~6e-8); above it both agree. Only such pixels pay for a sigmoid.
+# to exactly 0.5 for 0 < x < ~6e-8); above it both agree. Only such pixels pay for a sigmoid. Lower
+# precisions round sigmoid(x) = 0.5 + x/4 to 0.5 up to x ~ eps: see _ambiguous_logit.
 _SIGMOID_AMBIGUOUS_LOGIT = 1e-4
+
+
+def _ambiguous_logit(dtype: torch.dtype) -> float:
+    return max(_SIGMOID_AMBIGUOUS_LOGIT, 8 * torch.finfo(dtype).eps)
+
+
+def _numpy_view(tensor: Tensor) -> np.ndarray | None:
+    """Zero-copy numpy view of a CPU tensor (dtype numpy knows), else None.
+
+    The tracker's full-mask passes (gather, thresholds, pixel counts) are simple elementwise work on
+    a few MB per frame. On CPU, numpy does them single-threaded in 0.04-0.13 ms each where torch
+    takes 0.3 ms on one thread and 4-12 ms on two threads of a loaded machine (each op opens an
+    OpenMP parallel region whose barrier waits for a descheduled thread; measured). The results
+    are the same booleans and integer counts; accelerators keep the torch path.
+    """
+    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
+        return None
+    return tensor.detach().numpy()
+
+
+def _gather_rows(tensor: Tensor, index: np.ndarray) -> Tensor:
+    """tensor[index] along dim 0 (a copy), index a host int64 array."""
+    array = _numpy_view(tensor)
+    if array is not None:
+        return torch.from_numpy(np.take(array, index, axis=0))
+    return tensor.index_select(0, torch.from_numpy(index).to(tensor.device))
 
 
 @dataclass(frozen=True)
@@ -104,21 +135,91 @@ class FrameTrackResult:
     live_ids: Tensor
 
 
-@dataclass(frozen=True)
 class VideoTracks:
     """Video-level tracker output, in the order the released ``video_dict`` holds them.
 
     track_ids: (N,) long (host). pred_logits: (N, K+1), the temporal score (mean or max) of the
     logits over the frames where the track is present. pred_masks: (N, T, h, w) mask logits, zero
     in frames where the track is absent.
+
+    The tracker builds it in a compact form, without the dense (N, T, h, w) tensor (435 MB for 42
+    tracks x 100 frames of 120x216 masks, most of it zeros): ``frame_masks``, one (n_t, h, w)
+    tensor per frame with the masks tracked in that frame, and ``mask_rows`` (N, T) long (host),
+    the row of each track in its frame's tensor or -1 where it is absent. ``pred_masks`` is then
+    materialised on first access (and kept); the post-processing (:func:`inference_tracks`) reads
+    the compact form directly. ``VideoTracks(track_ids, pred_logits, pred_masks)`` builds the
+    dense form.
     """
 
-    track_ids: Tensor
-    pred_logits: Tensor
-    pred_masks: Tensor
+    def __init__(self, track_ids: Tensor, pred_logits: Tensor, pred_masks: Tensor | None = None, *,
+                 frame_masks: tuple[Tensor, ...] | None = None, mask_rows: Tensor | None = None):
+        if (pred_masks is None) == (frame_masks is None or mask_rows is None):
+            raise ValueError("VideoTracks needs either pred_masks (N, T, h, w) or both frame_masks and mask_rows")
+        if pred_masks is not None and pred_masks.dim() != 4:
+            raise ValueError(f"VideoTracks: pred_masks must be (N, T, h, w), got {tuple(pred_masks.shape)}")
+        if mask_rows is not None and (mask_rows.dim() != 2 or mask_rows.shape[1] != len(frame_masks)
+                                      or mask_rows.shape[0] != track_ids.shape[0]):
+            raise ValueError(f"VideoTracks: mask_rows must be (N={track_ids.shape[0]}, T={len(frame_masks)}), "
+                             f"got {tuple(mask_rows.shape)}")
+        self.track_ids = track_ids
+        self.pred_logits = pred_logits
+        self._pred_masks = pred_masks
+        self.frame_masks = tuple(frame_masks) if frame_masks is not None else None
+        self.mask_rows = mask_rows.cpu() if mask_rows is not None else None
 
     def __len__(self) -> int:
         return int(self.track_ids.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"VideoTracks(tracks={len(self)}, frames={self.num_frames}, mask_size={self.mask_size}, "
+                f"{'dense' if self.frame_masks is None else 'compact'})")
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._pred_masks.shape[1]) if self.frame_masks is None else len(self.frame_masks)
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        source = self._pred_masks if self.frame_masks is None else self.frame_masks[0]
+        return int(source.shape[-2]), int(source.shape[-1])
+
+    @property
+    def recorded(self) -> np.ndarray:
+        """(N, T) bool: where a track has a mask (every frame for the dense form)."""
+        if self.mask_rows is None:
+            return np.ones(self._pred_masks.shape[:2], dtype=bool)
+        return self.mask_rows.numpy() >= 0
+
+    def planes(self, tracks: np.ndarray, frames: np.ndarray) -> Tensor:
+        """(p, h, w) mask logits of the given (track row, frame) pairs, which must be recorded."""
+        if self.frame_masks is None:
+            device = self._pred_masks.device
+            return self._pred_masks[torch.from_numpy(tracks).to(device), torch.from_numpy(frames).to(device)]
+        rows = self.mask_rows.numpy()[tracks, frames]
+        if (rows < 0).any():
+            raise ValueError("VideoTracks.planes: a requested track is absent in that frame")
+        if rows.size == 0:
+            height, width = self.mask_size
+            return self.frame_masks[0].new_zeros(0, height, width)
+        # Each plane is one row of its frame's tensor; the frames differ, so one index per plane.
+        return torch.stack([self.frame_masks[frame][row] for frame, row in zip(frames.tolist(), rows.tolist())])
+
+    @property
+    def pred_masks(self) -> Tensor:
+        """(N, T, h, w) mask logits, zero where a track is absent (materialised once)."""
+        if self._pred_masks is None:
+            height, width = self.mask_size
+            first = self.frame_masks[0]
+            dense = first.new_zeros(len(self), self.num_frames, height, width)
+            rows = self.mask_rows.numpy()
+            # One copy per frame of the tracks present in it (not per track and frame).
+            for frame, masks in enumerate(self.frame_masks):
+                present = np.flatnonzero(rows[:, frame] >= 0)
+                if present.size:
+                    source_rows = torch.from_numpy(rows[present, frame]).to(masks.device)
+                    dense[torch.from_numpy(present).to(dense.device), frame] = masks.index_select(0, source_rows)
+            self._pred_masks = dense
+        return self._pred_masks
 
 
 def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
@@ -127,69 +228,103 @@ def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
     ``x <= 0`` gives ``sigmoid(x) <= 0.5`` and ``x > 1e-4`` gives ``sigmoid(x) > 0.5`` in float32;
     only the rare logits in between are evaluated with the real sigmoid.
     """
+    ambiguous_logit = _ambiguous_logit(mask_logits.dtype)
+    array = _numpy_view(mask_logits)
+    if array is not None:
+        binary = array > 0
+        strict = array > ambiguous_logit
+        # strict is a subset of binary: equal counts mean equal masks (almost always).
+        if np.count_nonzero(binary) != np.count_nonzero(strict):
+            ambiguous = binary & ~strict
+            binary[ambiguous] = (torch.from_numpy(array[ambiguous]).sigmoid() > 0.5).numpy()
+        return torch.from_numpy(binary)
     binary = mask_logits > 0
-    # Almost never true: one comparison and an early-exit equality instead of boolean indexing.
-    if not torch.equal(binary, mask_logits > _SIGMOID_AMBIGUOUS_LOGIT):
-        ambiguous = binary & (mask_logits <= _SIGMOID_AMBIGUOUS_LOGIT)
+    strict = mask_logits > ambiguous_logit
+    if _count_true(binary) != _count_true(strict):
+        ambiguous = binary & ~strict
         binary[ambiguous] = mask_logits[ambiguous].sigmoid() > 0.5
     return binary
+
+
+def _count_true(mask: Tensor) -> int:
+    accumulator = torch.int32 if mask.numel() < 2 ** 31 else torch.int64
+    return int(mask.view(torch.uint8).sum(dtype=accumulator))
+
+
+def _host(tensor: Tensor) -> np.ndarray:
+    """A numpy view (CPU) or copy (accelerator) of a small tensor."""
+    return tensor.detach().cpu().numpy()
+
+
+def _host_threshold(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``: comparing a host copy (float32/float64) with it gives what
+    torch's ``tensor > value`` gives on the tensor itself (the scalar is cast to the tensor dtype)."""
+    return float(torch.tensor(value, dtype=dtype))
+
+
+def _float32_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """The released ``(inter + 1e-6) / (union + 1e-6)`` in float32 (what torch computes for integer
+    counts plus a Python float), from exact integer counts."""
+    eps = np.float32(1e-6)
+    return (intersection.astype(np.float32) + eps) / (union.astype(np.float32) + eps)
 
 
 def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     """Greedy mask NMS of score-sorted masks; returns a host bool keep vector (n,).
 
     binary_masks: (n, h, w) bool, sorted by descending score. Mask j is dropped when a kept mask
-    i < j has IoU ``(inter + 1e-6) / (union + 1e-6) > nms_thr`` (the released formula, so two
-    empty masks have IoU 1). The suppression is a cheap sequential pass over the n x n overlap
-    matrix, built without a per-pair loop:
+    i < j has IoU ``(inter + 1e-6) / (union + 1e-6) > nms_thr`` (the released float32 formula, so
+    two empty masks have IoU 1). Built without a per-pair loop and with one pass over the masks
+    (per-row pixel counts) plus one over the few pairs that need an exact intersection:
 
-    * an upper bound of every pair's IoU from integer areas and bounding boxes
-      (inter <= min(area_i, area_j, box overlap), union >= max(area_i, area_j)) rules out most pairs;
+    * pairs that share no row (every pair with an empty mask among them) have intersection 0:
+      their IoU is exact from the areas alone;
+    * an upper bound of every other pair's IoU (inter <= sum over rows of the smaller row count)
+      rules out most of the rest;
     * the remaining pairs get their exact integer intersection, by one gathered AND-count when
       they are few, else by one matmul of the flattened masks.
+
+    The suppression itself is a cheap sequential pass over the host n x n overlap matrix.
     """
     num, height, width = binary_masks.shape
     keep = np.ones(num, dtype=bool)
     if num <= 1:
         return keep
-    device = binary_masks.device
-    flat = binary_masks.reshape(num, -1)
-    area = flat.sum(dim=1)                                                   # (n,) long
-    rows_on = binary_masks.any(dim=2)                                        # (n, h)
-    cols_on = binary_masks.any(dim=1)                                        # (n, w)
-    row_index = torch.arange(height, device=device)
-    col_index = torch.arange(width, device=device)
-    top = torch.where(rows_on, row_index, height).amin(1)
-    bottom = torch.where(rows_on, row_index, -1).amax(1)
-    left = torch.where(cols_on, col_index, width).amin(1)
-    right = torch.where(cols_on, col_index, -1).amax(1)
-    box_h = (torch.minimum(bottom[:, None], bottom[None]) - torch.maximum(top[:, None], top[None]) + 1).clamp(min=0)
-    box_w = (torch.minimum(right[:, None], right[None]) - torch.maximum(left[:, None], left[None]) + 1).clamp(min=0)
-    inter_bound = torch.minimum(box_h * box_w, torch.minimum(area[:, None], area[None]))
-    union_bound = torch.maximum(area[:, None], area[None])
-    iou_bound = (inter_bound.double() + 1e-6) / (union_bound.double() + 1e-6)
-    # The float32 IoU is within a few ulps of the exact one: a 1e-6 slack keeps the bound safe.
-    candidates = torch.triu(iou_bound > nms_thr - 1e-6, diagonal=1)
-    pairs = candidates.nonzero()                                             # (P, 2)
-    if pairs.shape[0] == 0:
-        return keep
-    if pairs.shape[0] <= num:
-        first, second = pairs[:, 0], pairs[:, 1]
-        intersection = (flat[first] & flat[second]).sum(dim=1)
+    # Per-row pixel counts are the only full pass: int32 sums of the bytes (a bool sum, or a uint8
+    # sum to int64, first converts the whole tensor; measured several times slower).
+    array = _numpy_view(binary_masks)
+    if array is not None:
+        row_counts = array.view(np.uint8).sum(axis=2, dtype=np.int32)                  # (n, h)
     else:
-        # 0/1 products summed in float32 are exact integers (up to 2^24 pixels per mask).
-        flat_float = flat.to(torch.float32)
-        intersection_all = (flat_float @ flat_float.T).round_().to(torch.long)
-        first, second = pairs[:, 0], pairs[:, 1]
-        intersection = intersection_all[first, second]
-    union = area[first] + area[second] - intersection
-    iou = (intersection + 1e-6) / (union + 1e-6)
-    overlapping = pairs[iou > nms_thr].cpu().numpy()
-    if overlapping.shape[0] == 0:
-        return keep
-    overlaps = np.zeros((num, num), dtype=bool)
-    overlaps[overlapping[:, 0], overlapping[:, 1]] = True
-    for i in np.unique(overlapping[:, 0]):
+        row_counts = _host(binary_masks.view(torch.uint8).sum(dim=2, dtype=torch.int32))
+    area = row_counts.sum(axis=1, dtype=np.int64)                                # (n,) exact
+    # Masks i and j can only intersect on rows where both have pixels, and at most
+    # min(count_i, count_j) pixels per such row: an upper bound of the intersection that is 0 exactly
+    # when the masks share no row (every pair with an empty mask among them).
+    inter_bound = np.minimum(row_counts[:, None, :], row_counts[None, :, :]).sum(axis=2)   # (n, n)
+    upper = np.triu(np.ones((num, num), dtype=bool), k=1)
+    threshold = np.float32(nms_thr)
+    # Disjoint rows: intersection 0, the IoU is exact from the areas.
+    overlaps = upper & (inter_bound == 0) & (_float32_iou(np.zeros(1, np.int64), area[:, None] + area[None]) > threshold)
+    # IoU <= bound / (a_i + a_j - bound). The float32 IoU is within a few ulps of the exact one: a
+    # 1e-6 slack keeps the bound safe.
+    iou_bound = (inter_bound + 1e-6) / (area[:, None] + area[None] - inter_bound + 1e-6)
+    first, second = np.nonzero(upper & (inter_bound > 0) & (iou_bound > nms_thr - 1e-6))
+    if first.size:
+        flat = binary_masks.reshape(num, -1)
+        if first.size <= num and array is not None:
+            flat_array = array.reshape(num, -1)
+            intersection = (flat_array[first] & flat_array[second]).view(np.uint8).sum(axis=1, dtype=np.int64)
+        elif first.size <= num:
+            index = torch.from_numpy(np.stack([first, second])).to(binary_masks.device)
+            intersection = _host(torch.count_nonzero(flat[index[0]] & flat[index[1]], dim=1))
+        else:
+            # 0/1 products summed in float32 are exact integers (up to 2^24 pixels per mask).
+            flat_float = flat.to(torch.float32)
+            intersection = _host((flat_float @ flat_float.T).round_().to(torch.long))[first, second]
+        union = area[first] + area[second] - intersection
+        overlaps[first, second] = _float32_iou(intersection, union) > threshold
+    for i in np.flatnonzero(overlaps.any(axis=1)):
         if keep[i]:
             keep &= ~overlaps[i]
     return keep
@@ -251,111 +386,145 @@ def _temporal_weights(length: int, dtype: torch.dtype, device: torch.device) -> 
 
 
 class _MemoryBank:
-    """The tracklet memory: one row per live tracklet, in insertion order.
+    """The tracklet memory, stored in preallocated slots (capacity doubling) so that a frame's update
+    is a handful of batched gathers and ``index_copy_`` calls, and a dead tracklet only frees its
+    slot. ``order`` lists the live slots in insertion order (the released dict order, which the
+    match matrix columns and the bi-softmax over them follow).
 
-    Embedding caches are right-aligned (the newest embedding in the last slot) so that appending is
-    a shift, dropping the oldest when more than ``max_cache`` are held, exactly like the released
-    list ``append`` + ``pop(0)``.
+    The per-slot cache is right-aligned (the newest entry in the last of ``max_cache`` positions,
+    zeros before the first), so appending is a shift that drops the oldest, exactly like the
+    released list ``append`` + ``pop(0)``. It holds only what the embedding type reads:
+    the L2-normalised embeddings (similarity_guided: the released code normalises the cached
+    embeddings again every frame; normalising each once gives the same values), or the raw
+    embeddings plus the score as an extra channel (temporally_weighted); nothing otherwise.
     """
 
-    def __init__(self, config: TrackerConfig, embed_dim: int, dtype: torch.dtype, device: torch.device):
+    def __init__(self, config: TrackerConfig, embed_dim: int, dtype: torch.dtype, device: torch.device,
+                 capacity: int = 64):
         self.config = config
-        self.ids = np.zeros(0, dtype=np.int64)           # (M,) tracklet ids
-        self.exist_frames = np.zeros(0, dtype=np.int64)  # (M,) frames seen
-        self.last_frame = np.zeros(0, dtype=np.int64)    # (M,) last frame seen
-        self.cache_len = np.zeros(0, dtype=np.int64)     # (M,) valid cache slots
-        self.embed_cache = torch.zeros(0, config.max_cache, embed_dim, dtype=dtype, device=device)  # (M, L, C)
-        self.score_cache = torch.zeros(0, config.max_cache, dtype=dtype, device=device)             # (M, L)
-        self.fused_embeds = torch.zeros(0, embed_dim, dtype=dtype, device=device)  # (M, C) sim.-guided / momentum
+        self.embed_dim = embed_dim
+        self.order = np.zeros(0, dtype=np.int64)                    # (M,) live slots, insertion order
+        self.slot_ids = np.full(capacity, -1, dtype=np.int64)        # id held by each slot
+        self.exist_frames = np.zeros(capacity, dtype=np.int64)       # frames seen, per slot
+        self.last_frame = np.zeros(capacity, dtype=np.int64)
+        self.cache_len = np.zeros(capacity, dtype=np.int64)          # valid cache positions
+        self.slot_of_id = np.full(0, -1, dtype=np.int64)             # track id -> slot or -1
+        self.free_slots: list[int] = []
+        self.used_slots = 0                                          # slots ever handed out
+        channels = {"similarity_guided": embed_dim, "temporally_weighted": embed_dim + 1}.get(config.embed_type, 0)
+        self.cache = torch.zeros(capacity, config.max_cache, channels, dtype=dtype, device=device)  # (S, L, c)
+        self.fused_embeds = torch.zeros(capacity, embed_dim, dtype=dtype, device=device)            # (S, C)
+        if config.embed_type == "temporally_weighted":
+            # (L+1, L): right-aligned temporal weights of a cache holding c entries, row c.
+            self.temporal_table = torch.zeros(config.max_cache + 1, config.max_cache, dtype=dtype, device=device)
+            for length in range(1, config.max_cache + 1):
+                self.temporal_table[length, config.max_cache - length:] = _temporal_weights(length, dtype, device)
 
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return int(self.order.shape[0])
 
-    def slot_of(self, track_ids: np.ndarray) -> np.ndarray:
-        """Row of each id in the bank, -1 when absent."""
-        if len(self) == 0:
-            return np.full(track_ids.shape, -1, dtype=np.int64)
-        order = np.argsort(self.ids, kind="stable")
-        position = np.searchsorted(self.ids, track_ids, sorter=order).clip(max=len(self) - 1)
-        slot = order[position]
-        return np.where(self.ids[slot] == track_ids, slot, -1)
+    @property
+    def ids(self) -> np.ndarray:
+        """(M,) tracklet ids in insertion order."""
+        return self.slot_ids[self.order]
+
+    def live_exist_frames(self) -> np.ndarray:
+        return self.exist_frames[self.order]
 
     def matching_embeds(self) -> Tensor:
-        """(M, C) the embedding each tracklet is matched with."""
-        embed_type = self.config.embed_type
-        if embed_type in ("similarity_guided", "momentum"):
-            return self.fused_embeds
-        if embed_type == "last":
-            return self.embed_cache[:, -1]
-        # temporally_weighted: weights = cached scores + (1/c, ..., 1) over the c cached frames.
-        max_cache = self.config.max_cache
-        slot_valid = torch.from_numpy(
-            np.arange(max_cache)[None, :] >= (max_cache - self.cache_len)[:, None]).to(self.score_cache.device)
-        temporal = torch.zeros_like(self.score_cache)
-        for length in np.unique(self.cache_len):  # at most max_cache distinct lengths
-            rows = torch.from_numpy(np.flatnonzero(self.cache_len == length)).to(temporal.device)
-            temporal[rows, max_cache - int(length):] = _temporal_weights(
-                int(length), temporal.dtype, temporal.device)
-        weights = torch.where(slot_valid, self.score_cache + temporal, torch.zeros((), dtype=temporal.dtype,
-                                                                                    device=temporal.device))
-        return (self.embed_cache * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True)
+        """(M, C) the embedding each tracklet is matched with, in insertion order."""
+        order = torch.from_numpy(self.order).to(self.fused_embeds.device)
+        if self.config.embed_type != "temporally_weighted":
+            return self.fused_embeds.index_select(0, order)
+        # weights = cached scores + (1/c, ..., 1) over the c cached frames; zero in empty positions
+        # (their score and temporal weight are both 0), so no mask is needed.
+        rows = self.cache.index_select(0, order)                                       # (M, L, C+1)
+        lengths = torch.from_numpy(self.cache_len[self.order]).to(order.device)
+        weights = rows[:, :, self.embed_dim] + self.temporal_table.index_select(0, lengths)
+        return (rows[:, :, :self.embed_dim] * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True)
 
-    def update(self, track_ids: np.ndarray, scores: Tensor, embeds: Tensor, frame_index: int) -> None:
-        """Record one frame's detections. track_ids: (n,) unique; scores: (n,); embeds: (n, C)."""
+    def _allocate(self, track_ids: np.ndarray) -> np.ndarray:
+        """Slots for new tracklets (zeroed), appended to the insertion order."""
+        num_new = track_ids.size
+        reused = [self.free_slots.pop() for _ in range(min(num_new, len(self.free_slots)))]
+        fresh = np.arange(self.used_slots, self.used_slots + num_new - len(reused), dtype=np.int64)
+        self.used_slots += fresh.size
+        capacity = self.slot_ids.size
+        if self.used_slots > capacity:
+            grown = max(self.used_slots, 2 * capacity)
+            extra = grown - capacity
+            self.slot_ids = np.concatenate([self.slot_ids, np.full(extra, -1, dtype=np.int64)])
+            for name in ("exist_frames", "last_frame", "cache_len"):
+                setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype=np.int64)]))
+            self.cache = torch.cat([self.cache, self.cache.new_zeros(extra, *self.cache.shape[1:])])
+            self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(extra, self.embed_dim)])
+        slots = np.concatenate([np.array(reused, dtype=np.int64), fresh])
+        if reused and self.cache.shape[2]:
+            self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
+        self.slot_ids[slots] = track_ids
+        self.exist_frames[slots] = 0
+        self.cache_len[slots] = 0
+        largest = int(track_ids.max()) + 1
+        if self.slot_of_id.size < largest:
+            grown_ids = np.full(max(largest, 2 * self.slot_of_id.size), -1, dtype=np.int64)
+            grown_ids[: self.slot_of_id.size] = self.slot_of_id
+            self.slot_of_id = grown_ids
+        self.slot_of_id[track_ids] = slots
+        self.order = np.concatenate([self.order, slots])
+        return slots
+
+    def update(self, track_ids: np.ndarray, scores: Tensor | None, embeds: Tensor, frame_index: int) -> None:
+        """Record one frame's detections. track_ids: (n,) unique, each live or brand new (new ids
+        in increasing order); scores: (n,) (read by temporally_weighted only); embeds: (n, C)."""
         if track_ids.size == 0:
             return
         config = self.config
-        slots = self.slot_of(track_ids)
+        known = track_ids < self.slot_of_id.size
+        slots = np.full(track_ids.size, -1, dtype=np.int64)
+        slots[known] = self.slot_of_id[track_ids[known]]
         new = slots < 0
         if new.any():
-            num_new = int(new.sum())
-            slots[new] = np.arange(len(self), len(self) + num_new)
-            self.ids = np.concatenate([self.ids, track_ids[new]])
-            self.exist_frames = np.concatenate([self.exist_frames, np.zeros(num_new, dtype=np.int64)])
-            self.last_frame = np.concatenate([self.last_frame, np.zeros(num_new, dtype=np.int64)])
-            self.cache_len = np.concatenate([self.cache_len, np.zeros(num_new, dtype=np.int64)])
-            self.embed_cache = torch.cat([self.embed_cache, self.embed_cache.new_zeros(
-                num_new, *self.embed_cache.shape[1:])])
-            self.score_cache = torch.cat([self.score_cache, self.score_cache.new_zeros(
-                num_new, config.max_cache)])
-            self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(
-                num_new, self.fused_embeds.shape[1])])
+            slots[new] = self._allocate(track_ids[new])
         device = embeds.device
         slots_t = torch.from_numpy(slots).to(device)
-        first_time = torch.from_numpy(self.exist_frames[slots] == 0).to(device)
+        first_time = torch.from_numpy(new).to(device)[:, None]
 
+        cache_rows = self.cache.index_select(0, slots_t) if self.cache.shape[2] else None   # (n, L, c)
         if config.embed_type == "similarity_guided":
             # beta = max(0, mean cosine(new, cached previous embeds)); fused = (1-beta)*fused + beta*new.
-            cache = self.embed_cache[slots_t]                                   # (n, L, C)
-            cos = torch.einsum("nlc,nc->nl", F.normalize(cache, dim=-1), F.normalize(embeds, dim=-1))
-            valid = torch.from_numpy(
-                np.arange(config.max_cache)[None, :] >= (config.max_cache - self.cache_len[slots])[:, None]
-            ).to(device)
+            # Empty cache positions hold zeros: their cosine is 0 and adds nothing to the sum.
+            unit = F.normalize(embeds, dim=-1)
+            cos = torch.einsum("nlc,nc->nl", cache_rows, unit)
             count = torch.from_numpy(self.cache_len[slots].clip(min=1)).to(device)
-            similarity = torch.where(valid, cos, torch.zeros((), dtype=cos.dtype, device=device)).sum(1) / count
+            similarity = cos.sum(1) / count
             beta = torch.where(similarity > 0, similarity, torch.zeros((), dtype=cos.dtype, device=device))[:, None]
-            fused = (1 - beta) * self.fused_embeds[slots_t] + beta * embeds
-            self.fused_embeds[slots_t] = torch.where(first_time[:, None], embeds, fused)
+            fused = (1 - beta) * self.fused_embeds.index_select(0, slots_t) + beta * embeds
+            self.fused_embeds.index_copy_(0, slots_t, torch.where(first_time, embeds, fused))
+            entry = unit
         elif config.embed_type == "momentum":
-            fused = (1 - config.momentum) * self.fused_embeds[slots_t] + config.momentum * embeds
-            self.fused_embeds[slots_t] = torch.where(first_time[:, None], embeds, fused)
+            fused = (1 - config.momentum) * self.fused_embeds.index_select(0, slots_t) + config.momentum * embeds
+            self.fused_embeds.index_copy_(0, slots_t, torch.where(first_time, embeds, fused))
+        elif config.embed_type == "last":
+            self.fused_embeds.index_copy_(0, slots_t, embeds)
+        else:  # temporally_weighted
+            entry = torch.cat([embeds, scores.to(embeds.dtype)[:, None]], dim=1)
 
-        # Append to the right-aligned caches; the oldest slot falls off.
-        self.embed_cache[slots_t] = torch.cat([self.embed_cache[slots_t, 1:], embeds[:, None]], dim=1)
-        self.score_cache[slots_t] = torch.cat([self.score_cache[slots_t, 1:], scores[:, None]], dim=1)
+        if cache_rows is not None:
+            # Append to the right-aligned caches; the oldest position falls off.
+            self.cache.index_copy_(0, slots_t, torch.cat([cache_rows[:, 1:], entry[:, None]], dim=1))
         self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
         self.exist_frames[slots] += 1
         self.last_frame[slots] = frame_index
 
     def drop_dead(self, frame_index: int) -> None:
-        alive = frame_index - self.last_frame <= self.config.num_dead_frames
+        alive = frame_index - self.last_frame[self.order] <= self.config.num_dead_frames
         if alive.all():
             return
-        rows = torch.from_numpy(np.flatnonzero(alive)).to(self.embed_cache.device)
-        self.ids, self.exist_frames = self.ids[alive], self.exist_frames[alive]
-        self.last_frame, self.cache_len = self.last_frame[alive], self.cache_len[alive]
-        self.embed_cache, self.score_cache = self.embed_cache[rows], self.score_cache[rows]
-        self.fused_embeds = self.fused_embeds[rows]
+        dead = self.order[~alive]
+        self.slot_of_id[self.slot_ids[dead]] = -1
+        self.slot_ids[dead] = -1
+        self.free_slots.extend(dead.tolist())
+        self.order = self.order[alive]
 
 
 class VideoTracker:
@@ -369,6 +538,10 @@ class VideoTracker:
     ``device``: where the tracker state lives (default: the device of the first frame);
     ``mask_storage_device``: where per-frame masks are kept until the end of the video (default
     the same; "cpu" bounds accelerator memory on long videos, like the released TO_CPU_FRAMES).
+
+    Per frame the cost does not depend on the video length: the masks of the tracked queries are
+    kept as one small tensor per frame (never re-stacked), the memory bank lives in preallocated
+    slots, and the video bookkeeping is a few integer arrays.
     """
 
     def __init__(self, config: TrackerConfig, device: torch.device | str | None = None,
@@ -382,6 +555,8 @@ class VideoTracker:
         self._finalized = False
         self._mask_shape: tuple[int, int] | None = None
         self._logits_dtype: torch.dtype | None = None
+        # Host thresholds, rounded to the score dtype like torch's tensor-vs-scalar comparison.
+        self._select_thr = self._init_thr = None
         # Tracks recorded per frame (ids in score order) with their logits and masks.
         self._frame_ids: list[np.ndarray] = []
         self._frame_logits: list[Tensor] = []
@@ -419,9 +594,9 @@ class VideoTracker:
         if self._mask_shape is not None and tuple(pred_masks.shape[1:]) != self._mask_shape:
             raise ValueError(f"{where}: mask size {tuple(pred_masks.shape[1:])} differs from the "
                              f"first frame's {self._mask_shape}")
-        if self._memory is not None and pred_embeds.shape[1] != self._memory.embed_cache.shape[2]:
+        if self._memory is not None and pred_embeds.shape[1] != self._memory.embed_dim:
             raise ValueError(f"{where}: embedding size {pred_embeds.shape[1]} differs from the first frame's "
-                             f"{self._memory.embed_cache.shape[2]}")
+                             f"{self._memory.embed_dim}")
 
     @torch.no_grad()
     def step(self, pred_logits: Tensor, pred_masks: Tensor, pred_embeds: Tensor) -> FrameTrackResult:
@@ -445,54 +620,61 @@ class VideoTracker:
         num_queries = pred_logits.shape[0]
 
         # 1. sort by the best class score; keep those above the select threshold (a prefix of the
-        #    sorted order), or the top one when none passes.
+        #    sorted order), or the top one when none passes. The decisions run on host copies.
         max_scores = pred_logits.softmax(dim=-1)[:, :-1].max(dim=1).values
         sorted_scores, order = torch.sort(max_scores, dim=0, descending=True)
-        num_selected = max(1, int((sorted_scores > config.inference_select_thr).sum()))
-        candidates = order[:num_selected]
+        if self._select_thr is None:
+            self._select_thr = _host_threshold(config.inference_select_thr, sorted_scores.dtype)
+            self._init_thr = _host_threshold(config.init_score_thr, sorted_scores.dtype)
+        scores_host = _host(sorted_scores.float() if sorted_scores.dtype != torch.float64 else sorted_scores)
+        order_host = _host(order)
+        num_selected = max(1, int(np.count_nonzero(scores_host > self._select_thr)))
 
-        # 2. greedy mask NMS over the candidates.
-        keep = mask_nms_keep(binarize_mask_logits(pred_masks[candidates]), config.mask_nms_thr)
-        kept_pos = np.flatnonzero(keep)
-        kept = candidates[torch.from_numpy(kept_pos).to(self.device)]
-        kept_scores = sorted_scores[:num_selected][torch.from_numpy(kept_pos).to(self.device)]
-        kept_scores_host = kept_scores.cpu().numpy()
+        # 2. greedy mask NMS over the selected candidates (their masks only).
+        candidate_masks = _gather_rows(pred_masks, order_host[:num_selected])
+        kept_pos = np.flatnonzero(mask_nms_keep(binarize_mask_logits(candidate_masks), config.mask_nms_thr))
+        kept_queries = order_host[kept_pos]
+        kept_scores_host = scores_host[kept_pos]
 
         # 3. associate with the memory bank.
         track_ids = np.full(kept_pos.size, -1, dtype=np.int64)
         if self._next_id > 0 and len(self._memory) > 0:
-            matched = self._match(pred_embeds[kept])
+            kept_t = torch.from_numpy(kept_queries).to(self.device)
+            matched = self._match(pred_embeds.index_select(0, kept_t))
             has_match = matched >= 0
             track_ids[has_match] = self._memory.ids[matched[has_match]]
         # A never-started tracker only initialises; afterwards unmatched confident detections start
         # new tracklets. (The released code crashes when every tracklet has died; here the empty
         # bank simply matches nothing.)
-        new = (track_ids == -1) & (kept_scores_host > np.float32(config.init_score_thr))
+        new = (track_ids == -1) & (kept_scores_host > self._init_thr)
         track_ids[new] = np.arange(self._next_id, self._next_id + int(new.sum()))
         self._next_id += int(new.sum())
 
         has_id = track_ids >= 0
-        rows = torch.from_numpy(np.flatnonzero(has_id)).to(self.device)
         ids = track_ids[has_id]
-        self._memory.update(ids, kept_scores[rows], pred_embeds[kept][rows], frame_index)
+        tracked_queries = kept_queries[has_id]
+        tracked_t = torch.from_numpy(tracked_queries).to(self.device)
+        bank_scores = None
+        if config.embed_type == "temporally_weighted":
+            bank_scores = sorted_scores.index_select(0, torch.from_numpy(kept_pos[has_id]).to(self.device))
+        self._memory.update(ids, bank_scores, pred_embeds.index_select(0, tracked_t), frame_index)
         self._memory.drop_dead(frame_index)
 
-        # 4. video bookkeeping.
-        tracked_queries = kept[rows]
+        # 4. video bookkeeping: only the tracked queries' logits and masks are kept.
         self._frame_ids.append(ids)
-        self._frame_logits.append(pred_logits[tracked_queries])
-        self._frame_masks.append(pred_masks[tracked_queries].to(self.mask_storage_device))
+        self._frame_logits.append(pred_logits.index_select(0, tracked_t))
+        # From the candidates' copy (just read, still in cache) rather than the frame's full output.
+        self._frame_masks.append(_gather_rows(candidate_masks, kept_pos[has_id]).to(self.mask_storage_device))
         self._record_entries(ids, frame_index)
         self._num_frames += 1
 
-        order_host = order.cpu().numpy()
         assigned = np.full(num_queries, BELOW_SELECT_THR, dtype=np.int64)
         assigned[order_host[:num_selected]] = REMOVED_BY_NMS
-        assigned[order_host[:num_selected][kept_pos]] = track_ids
+        assigned[kept_queries] = track_ids
         return FrameTrackResult(
             frame_index=frame_index,
             assigned_ids=torch.from_numpy(assigned),
-            query_indices=torch.from_numpy(order_host[:num_selected][kept_pos][has_id].copy()),
+            query_indices=torch.from_numpy(tracked_queries.copy()),
             track_ids=torch.from_numpy(ids.copy()),
             live_ids=self.live_ids(),
         )
@@ -506,9 +688,9 @@ class VideoTracker:
             match_scores = (similarity.softmax(dim=1) + similarity.softmax(dim=0)) / 2
         else:
             match_scores = torch.mm(F.normalize(embeds, p=2, dim=1), F.normalize(memory_embeds, p=2, dim=1).t())
-        match_scores = match_scores.float().cpu().numpy()
+        match_scores = _host(match_scores.float())
         if config.match_type == "greedy":
-            return greedy_match(match_scores, self._memory.exist_frames, config.match_score_thr,
+            return greedy_match(match_scores, self._memory.live_exist_frames(), config.match_score_thr,
                                 config.frame_weight)
         return hungarian_match(match_scores, config.match_score_thr)
 
@@ -548,7 +730,6 @@ class VideoTracker:
         if self._num_frames == 0:
             raise RuntimeError("VideoTracker.current_tracks(): no frame has been tracked yet")
         num_frames = self._num_frames
-        height, width = self._mask_shape
         live_entries = np.flatnonzero(self._entry_alive)
         num_tracks = live_entries.size
         track_ids = self._entry_track[live_entries]
@@ -567,25 +748,27 @@ class VideoTracker:
         used = used[np.lexsort((record_frames[used], record_row[used]))]
         rows, frames = record_row[used], record_frames[used]
 
-        all_logits = torch.cat(self._frame_logits)
-        all_masks = torch.cat(self._frame_masks)
-        used_t = torch.from_numpy(used)
-        logits = all_logits[used_t.to(all_logits.device)]
-        masks = all_masks[used_t.to(all_masks.device)]
+        # Record r of frame t sits at row (r - first record of t) of that frame's mask tensor.
+        frame_offsets = np.cumsum([0] + [ids.size for ids in self._frame_ids])
+        mask_rows = np.full((num_tracks, num_frames), -1, dtype=np.int64)
+        mask_rows[rows, frames] = used - frame_offsets[frames]
 
-        pred_masks = all_masks.new_zeros(num_tracks, num_frames, height, width)
-        pred_masks[torch.from_numpy(rows).to(masks.device), torch.from_numpy(frames).to(masks.device)] = masks
+        all_logits = torch.cat(self._frame_logits)
+        logits = all_logits.index_select(0, torch.from_numpy(used).to(all_logits.device))
         counts = np.bincount(rows, minlength=num_tracks)
-        if self.config.temporal_score_type == "mean":
+        if num_tracks == 0:
+            pred_logits = all_logits.new_zeros(0, all_logits.shape[1])
+        elif self.config.temporal_score_type == "mean":
             # One reduction per track over its own frames: this is the released torch.stack(..).mean(0)
             # bit for bit (a padded or scattered sum reduces in a different order).
-            pred_logits = torch.stack([segment.mean(0) for segment in torch.split(logits, counts.tolist())]) \
-                if num_tracks else all_logits.new_zeros(0, all_logits.shape[1])
+            pred_logits = torch.stack([segment.mean(0) for segment in torch.split(logits, counts.tolist())])
         else:
             padded = all_logits.new_full((num_tracks, num_frames, all_logits.shape[1]), float("-inf"))
             padded[torch.from_numpy(rows).to(logits.device), torch.from_numpy(frames).to(logits.device)] = logits
             pred_logits = padded.max(dim=1).values
-        return VideoTracks(torch.from_numpy(track_ids.copy()), pred_logits, pred_masks)
+        # The per-frame mask tensors are never modified after their frame: sharing them is safe.
+        return VideoTracks(torch.from_numpy(track_ids.copy()), pred_logits,
+                           frame_masks=tuple(self._frame_masks), mask_rows=torch.from_numpy(mask_rows))
 
     def finalize(self) -> VideoTracks:
         """End of the video: the final outputs; the tracker accepts no more frames."""

@@ -1,6 +1,7 @@
 """Video-level post-processing of the tracker output and clip-chunked whole-video inference.
 
-:func:`inference_video` reproduces the released ``CTVISModel.inference_video``: softmax over the
+:func:`inference_video` (dense track masks) and :func:`inference_tracks` (the tracker's compact
+:class:`VideoTracks`) reproduce the released ``CTVISModel.inference_video``: softmax over the
 tracks' temporal logits, drop the no-object class, top-k over (track x class), masks upsampled to
 the padded image tensor size (bilinear, align_corners=False), cropped to the unpadded image size,
 resized to the output (height, width), binarised ``> 0``, and every score multiplied by the mask
@@ -12,10 +13,15 @@ doing far less work than the released per-entry loop:
 * a track that appears in several top-k entries (one per class) is upsampled once and shared;
 * frames where a track's mask logits have no positive pixel produce an all-False mask and add
   nothing to the confidence (bilinear weights are a convex combination), so they are skipped;
-* a same-size second resize is the identity and is skipped; the sigmoid is only evaluated where
-  the mask is on.
+* a same-size second resize is the identity and is skipped;
+* positive output pixels can only lie in a window derived from the low-resolution positive rows
+  and columns (through both resizes, see ``_output_window``): the threshold, the sigmoid and the
+  counts run on that window only, and the result is kept as windows (:class:`MaskWindows`) rather
+  than a dense (U, T, H, W) tensor of mostly zeros (built only when ``track_masks``/``masks`` is
+  read).
 
-Not done, on purpose: interpolating only a window around the object. It looks exact for
+Not done, on purpose: interpolating only a window around the object (the planes are still upsampled
+whole; only the statistics use the window). It looks exact for
 power-of-two scales, but the CPU kernel's rounding depends on where a pixel sits in the output
 buffer, so a cropped interpolation differs from the full one in the last bit (measured), which can
 flip mask pixels whose logit is ~0.
@@ -32,119 +38,246 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.tracker import TrackerConfig, VideoTracker, VideoTracks
+from models.tracker import TrackerConfig, VideoTracker, VideoTracks, _numpy_view
 
 
 @dataclass(frozen=True)
+class MaskWindows:
+    """Compact video masks: every (track, frame) mask is all False except one window.
+
+    track (P,) and frame (P,) long, box (P, 4) long [top, left, bottom, right) of each window,
+    masks: P bool tensors (bottom - top, right - left). shape: the dense (U, T, H, W) it stands for.
+    """
+
+    track: np.ndarray
+    frame: np.ndarray
+    box: np.ndarray
+    masks: tuple[Tensor, ...]
+    shape: tuple[int, int, int, int]
+    device: torch.device
+
+    def dense(self) -> Tensor:
+        """(U, T, H, W) bool."""
+        out = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        for track, frame, (top, left, bottom, right), window in zip(
+                self.track.tolist(), self.frame.tolist(), self.box.tolist(), self.masks):
+            out[track, frame, top:bottom, left:right] = window
+        return out
+
+
 class VideoInstances:
     """Post-processed video predictions.
 
     scores (k,) float, labels (k,) long in [0, K), and the masks as ``track_masks`` (U, T, H, W)
     bool of the U distinct tracks among the top-k plus ``mask_index`` (k,) long into them: entries
     of the same track share one mask. ``masks`` materialises the (k, T, H, W) bool tensor.
+
+    The post-processing builds the masks compactly (``windows``, a :class:`MaskWindows`: writing a
+    dense (U, T, H, W) tensor of zeros costs more than the rest of the work at video resolutions);
+    ``track_masks`` is then materialised on first access (and kept), and :meth:`frame_mask` gives
+    one entry's mask at one frame without it (what a per-frame RLE encoder needs).
+    ``VideoInstances(scores, labels, track_masks, mask_index, image_size)`` builds the dense form.
     """
 
-    scores: Tensor
-    labels: Tensor
-    track_masks: Tensor
-    mask_index: Tensor
-    image_size: tuple[int, int]
+    def __init__(self, scores: Tensor, labels: Tensor, track_masks: Tensor | None, mask_index: Tensor,
+                 image_size: tuple[int, int], *, windows: MaskWindows | None = None):
+        if (track_masks is None) == (windows is None):
+            raise ValueError("VideoInstances needs exactly one of track_masks and windows")
+        self.scores = scores
+        self.labels = labels
+        self.mask_index = mask_index
+        self.image_size = image_size
+        self.windows = windows
+        self._track_masks = track_masks
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def __repr__(self) -> str:
+        return f"VideoInstances(entries={len(self)}, image_size={self.image_size})"
+
+    @property
+    def track_masks(self) -> Tensor:
+        """(U, T, H, W) bool."""
+        if self._track_masks is None:
+            self._track_masks = self.windows.dense()
+        return self._track_masks
 
     @property
     def masks(self) -> Tensor:
         """(k, T, H, W) bool."""
         return self.track_masks[self.mask_index.to(self.track_masks.device)]
 
+    def frame_mask(self, entry: int, frame: int) -> Tensor:
+        """(H, W) bool mask of top-k entry ``entry`` at ``frame``."""
+        track = int(self.mask_index[entry])
+        if self._track_masks is not None:
+            return self._track_masks[track, frame]
+        out = torch.zeros(self.image_size, dtype=torch.bool, device=self.windows.device)
+        hits = np.flatnonzero((self.windows.track == track) & (self.windows.frame == frame))
+        for index in hits.tolist():
+            top, left, bottom, right = self.windows.box[index].tolist()
+            out[top:bottom, left:right] = self.windows.masks[index]
+        return out
 
-def _chunk_statistics(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Binarised masks and the confidence numerator / denominator per plane.
 
-    logits: (p, H', W') upsampled mask logits. Returns bool (p, H', W'), float64 (p,) sum of
-    sigmoid over the positive pixels and float64 (p,) their count.
+def _output_window(first: np.ndarray, last: np.ndarray, size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output index range [lo, hi] (inclusive, per plane) outside which a bilinear resize
+    (align_corners=False) from ``size_in`` to ``size_out`` cannot produce a positive value, when
+    the input is positive only inside [first, last].
+
+    Output i reads input rows floor(s) and floor(s) + 1 with s = (i + 0.5) * size_in / size_out - 0.5
+    (clamped at 0), with weights >= 0: a convex combination of values <= 0 is <= 0 in floating point
+    too. So i matters only when floor(s) lies in [first - 1, last]; two extra indices each side
+    absorb the rounding of s.
     """
-    binary = logits > 0
-    # The sigmoid is only needed where the mask is on (a small part of the frame): selecting those
-    # pixels plane by plane is ~2x faster than a full-frame sigmoid (measured), and each plane keeps
-    # torch's pairwise float32 sum. p is a chunk of planes, not a per-pixel loop.
-    numerator = torch.stack([plane[on].sigmoid().sum() for plane, on in zip(logits, binary)])
-    return binary, numerator.double(), binary.flatten(1).sum(1).double()
+    scale = size_in / size_out
+    lo = np.ceil((first - 0.5) / scale - 0.5).astype(np.int64) - 2
+    hi = np.floor((last + 1.5) / scale - 0.5).astype(np.int64) + 2
+    return lo.clip(0, size_out - 1), hi.clip(0, size_out - 1)
+
+
+def _host(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _positive_extent(on: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and last True index along the last axis of (p, length) bool (rows with one)."""
+    return on.argmax(axis=1), length - 1 - on[:, ::-1].argmax(axis=1)
 
 
 @torch.no_grad()
-def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[int, int],
-                    image_size: tuple[int, int], output_size: tuple[int, int], num_topk: int,
-                    planes_per_chunk: int = 25, mask_device: torch.device | str | None = None,
-                    ) -> VideoInstances:
-    """Top-k video instances from tracker outputs (the released ``inference_video``).
-
-    pred_logits (N, K+1) temporal logits of the tracks; pred_masks (N, T, h, w) mask logits (zero
-    where a track is absent). padded_size: the (H_pad, W_pad) of the padded image tensor the
-    network saw; image_size: the unpadded (H_img, W_img) inside it; output_size: the (height,
-    width) to predict at. ``planes_per_chunk`` bounds the memory of the upsampling (the released
-    TEST_INSTANCE_CHUNK_SIZE x TEST_INTERPOLATE_CHUNK_SIZE = 5 x 5 frames); ``mask_device`` is
-    where the output masks are stored (default: the input's device; "cpu" for long videos).
-    """
-    if pred_logits.dim() != 2 or pred_masks.dim() != 4 or pred_logits.shape[0] != pred_masks.shape[0]:
-        raise ValueError(f"inference_video expects pred_logits (N, K+1) and pred_masks (N, T, h, w) with the same N; "
-                         f"got {tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}")
+def inference_tracks(tracks: VideoTracks, padded_size: tuple[int, int], image_size: tuple[int, int],
+                     output_size: tuple[int, int], num_topk: int, planes_per_chunk: int = 8,
+                     mask_device: torch.device | str | None = None) -> VideoInstances:
+    """Top-k video instances from the tracker output (the released ``inference_video``), reading
+    the tracks' compact per-frame masks directly (no dense (N, T, h, w) tensor). See
+    :func:`inference_video` for the arguments; ``planes_per_chunk`` planes are upsampled per call
+    (small chunks keep each upsampled plane in cache for the statistics that read it next)."""
     padded_h, padded_w = (int(v) for v in padded_size)
     image_h, image_w = (int(v) for v in image_size)
     out_h, out_w = (int(v) for v in output_size)
     if image_h > padded_h or image_w > padded_w:
         raise ValueError(f"inference_video: image_size {image_size} exceeds padded_size {padded_size}")
-    num_tracks, num_frames, mask_h, mask_w = pred_masks.shape
+    if planes_per_chunk < 1:
+        raise ValueError(f"inference_video: planes_per_chunk must be >= 1, got {planes_per_chunk}")
+    pred_logits = tracks.pred_logits
+    num_tracks, num_frames = len(tracks), tracks.num_frames
+    mask_h, mask_w = tracks.mask_size
     num_classes = pred_logits.shape[1] - 1
-    device = pred_masks.device
+    device = pred_logits.device
     mask_device = torch.device(mask_device) if mask_device is not None else device
     if num_tracks == 0:
-        return VideoInstances(pred_logits.new_zeros(0), torch.zeros(0, dtype=torch.long),
-                              torch.zeros(0, num_frames, out_h, out_w, dtype=torch.bool, device=mask_device),
-                              torch.zeros(0, dtype=torch.long), (out_h, out_w))
+        return VideoInstances(pred_logits.new_zeros(0), torch.zeros(0, dtype=torch.long), None,
+                              torch.zeros(0, dtype=torch.long), (out_h, out_w),
+                              windows=MaskWindows(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                                  np.zeros((0, 4), np.int64), (), (0, num_frames, out_h, out_w),
+                                                  mask_device))
 
     scores = F.softmax(pred_logits, dim=-1)[:, :-1]
     # The released code asks for exactly num_topk (and fails when N*K is smaller); clamp instead.
     num_entries = min(num_topk, scores.numel())
     topk_scores, topk_indices = scores.flatten().topk(num_entries, sorted=True)
     labels = topk_indices % num_classes
-    tracks = topk_indices // num_classes
-    unique_tracks, mask_index = torch.unique(tracks, return_inverse=True)
-    masks = pred_masks[unique_tracks]                                        # (U, T, h, w)
-    num_unique = masks.shape[0]
+    entry_tracks = topk_indices // num_classes
+    # A track in several top-k entries (one per class) is upsampled once and shared.
+    unique_tracks, mask_index = torch.unique(entry_tracks, return_inverse=True)
+    unique_host = unique_tracks.cpu().numpy()
+    num_unique = unique_host.size
 
-    # A plane whose logits have no positive pixel upsamples to non-positive values only (bilinear
-    # weights are >= 0): an all-False mask that adds nothing to the confidence. Skip it.
-    present = (masks > 0).flatten(2).any(dim=-1)                             # (U, T)
-    present_host = present.cpu().numpy()
-
-    track_masks = torch.zeros(num_unique, num_frames, out_h, out_w, dtype=torch.bool, device=mask_device)
+    window_track, window_frame, window_box, window_masks = [], [], [], []
     numerator = torch.zeros(num_unique, dtype=torch.float64, device=device)
     denominator = torch.zeros(num_unique, dtype=torch.float64, device=device)
+    resize_twice = (out_h, out_w) != (image_h, image_w)  # a same-size bilinear resize is the identity
 
-    # Every (track, frame) plane with a positive logit, upsampled in chunks of planes_per_chunk.
-    # F.interpolate computes each plane independently of the batch it is in, so regrouping the
-    # released (5 entries x 5 frames) chunks into planes changes no bit.
-    plane_track, plane_frame = (torch.from_numpy(a) for a in np.nonzero(present_host))
-    for start in range(0, plane_track.numel(), planes_per_chunk):
-        chunk_track = plane_track[start:start + planes_per_chunk].to(device)
-        chunk_frame = plane_frame[start:start + planes_per_chunk].to(device)
-        planes = masks[chunk_track, chunk_frame][:, None]                    # (p, 1, h, w)
-        planes = F.interpolate(planes, size=(padded_h, padded_w), mode="bilinear", align_corners=False)
-        planes = planes[:, :, :image_h, :image_w]
-        # A same-size bilinear resize is the identity (weights 1 and 0): skip it.
-        if (out_h, out_w) != (image_h, image_w):
-            planes = F.interpolate(planes, size=(out_h, out_w), mode="bilinear", align_corners=False)
-        binary, plane_numerator, plane_denominator = _chunk_statistics(planes[:, 0])
-        numerator.index_add_(0, chunk_track, plane_numerator)
-        denominator.index_add_(0, chunk_track, plane_denominator)
-        track_masks[chunk_track.to(mask_device), chunk_frame.to(mask_device)] = binary.to(mask_device)
+    # Every recorded (track, frame) plane of the selected tracks, track-major.
+    plane_track, plane_frame = np.nonzero(tracks.recorded[unique_host])
+    for start in range(0, plane_track.size, planes_per_chunk):
+        chunk_track = plane_track[start:start + planes_per_chunk]
+        chunk_frame = plane_frame[start:start + planes_per_chunk]
+        planes = tracks.planes(unique_host[chunk_track], chunk_frame)                    # (p, h, w)
+        # Where each plane has a positive logit (rows, columns): a plane without one upsamples to
+        # values <= 0 only, an all-False mask adding nothing to the confidence: skipped.
+        array = _numpy_view(planes)
+        if array is not None:   # single-threaded numpy: see models.tracker._numpy_view
+            rows_on, cols_on = array.max(axis=2) > 0, array.max(axis=1) > 0
+        else:
+            rows_on, cols_on = _host(planes.amax(dim=2) > 0), _host(planes.amax(dim=1) > 0)
+        present = np.flatnonzero(rows_on.any(axis=1))
+        if present.size == 0:
+            continue
+        if present.size < planes.shape[0]:
+            planes = planes.index_select(0, torch.from_numpy(present).to(planes.device))
+        row_first, row_last = _positive_extent(rows_on[present], mask_h)
+        col_first, col_last = _positive_extent(cols_on[present], mask_w)
+        # The window of the final plane that can hold positive values (through both resizes).
+        top, bottom = _output_window(row_first, row_last, mask_h, padded_h)
+        left, right = _output_window(col_first, col_last, mask_w, padded_w)
+        bottom, right = np.minimum(bottom, image_h - 1), np.minimum(right, image_w - 1)
+        # An empty window: the positive part was cropped away with the padding.
+        cropped_away = (top > bottom) | (left > right)
+        if resize_twice:
+            top, bottom = _output_window(top, bottom, image_h, out_h)
+            left, right = _output_window(left, right, image_w, out_w)
+
+        # F.interpolate computes each plane independently of the batch it is in, so regrouping the
+        # released (5 entries x 5 frames) chunks into planes changes no bit. Whole planes are
+        # upsampled: a cropped interpolation differs in the last bit (see the module notes).
+        upsampled = F.interpolate(planes[:, None], size=(padded_h, padded_w), mode="bilinear", align_corners=False)
+        upsampled = upsampled[:, :, :image_h, :image_w]
+        if resize_twice:
+            upsampled = F.interpolate(upsampled, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        sums, counts = [], []
+        for index, plane in enumerate(upsampled[:, 0]):
+            if cropped_away[index]:
+                sums.append(plane.new_zeros(()))
+                counts.append(torch.zeros((), dtype=torch.long, device=plane.device))
+                continue
+            rows = slice(int(top[index]), int(bottom[index]) + 1)
+            cols = slice(int(left[index]), int(right[index]) + 1)
+            window = plane[rows, cols]
+            on = window > 0
+            # Confidence sum(sigmoid * mask) over the positive pixels; sigmoid(-inf) is exactly 0.
+            sums.append(torch.where(on, window, float("-inf")).sigmoid().sum())
+            counts.append(torch.count_nonzero(on))
+            window_track.append(int(chunk_track[present[index]]))
+            window_frame.append(int(chunk_frame[present[index]]))
+            window_box.append((rows.start, cols.start, rows.stop, cols.stop))
+            window_masks.append(on.to(mask_device))
+        chunk_tracks = torch.from_numpy(chunk_track[present]).to(device)
+        numerator.index_add_(0, chunk_tracks, torch.stack(sums).double())
+        denominator.index_add_(0, chunk_tracks, torch.stack(counts).double())
 
     # float32 like the released code (its count + 1e-6 rounds in float32).
     confidence = numerator.to(topk_scores.dtype) / (denominator.to(topk_scores.dtype) + 1e-6)
-    return VideoInstances(topk_scores * confidence[mask_index], labels, track_masks, mask_index.cpu(),
-                          (out_h, out_w))
+    windows = MaskWindows(np.array(window_track, dtype=np.int64), np.array(window_frame, dtype=np.int64),
+                          np.array(window_box, dtype=np.int64).reshape(-1, 4), tuple(window_masks),
+                          (num_unique, num_frames, out_h, out_w), mask_device)
+    return VideoInstances(topk_scores * confidence[mask_index], labels, None, mask_index.cpu(), (out_h, out_w),
+                          windows=windows)
+
+
+@torch.no_grad()
+def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[int, int],
+                    image_size: tuple[int, int], output_size: tuple[int, int], num_topk: int,
+                    planes_per_chunk: int = 8, mask_device: torch.device | str | None = None,
+                    ) -> VideoInstances:
+    """Top-k video instances from tracker outputs (the released ``inference_video``).
+
+    pred_logits (N, K+1) temporal logits of the tracks; pred_masks (N, T, h, w) mask logits (zero
+    where a track is absent). padded_size: the (H_pad, W_pad) of the padded image tensor the
+    network saw; image_size: the unpadded (H_img, W_img) inside it; output_size: the (height,
+    width) to predict at. ``planes_per_chunk`` (track, frame) planes are upsampled at a time (the
+    released code does TEST_INSTANCE_CHUNK_SIZE x TEST_INTERPOLATE_CHUNK_SIZE = 5 x 5); ``mask_device``
+    is where the output masks are stored (default: the input's device; "cpu" for long videos).
+    From the tracker, :func:`inference_tracks` on its :class:`VideoTracks` avoids the dense masks.
+    """
+    if pred_logits.dim() != 2 or pred_masks.dim() != 4 or pred_logits.shape[0] != pred_masks.shape[0]:
+        raise ValueError(f"inference_video expects pred_logits (N, K+1) and pred_masks (N, T, h, w) with the same N; "
+                         f"got {tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}")
+    tracks = VideoTracks(torch.arange(pred_masks.shape[0]), pred_logits, pred_masks)
+    return inference_tracks(tracks, padded_size, image_size, output_size, num_topk,
+                            planes_per_chunk=planes_per_chunk, mask_device=mask_device)
 
 
 @torch.no_grad()
@@ -152,7 +285,7 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
                 tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
                 num_topk: int, chunk_size: int = 5, device: torch.device | str | None = None,
                 mask_storage_device: torch.device | str | None = None,
-                planes_per_chunk: int = 25) -> tuple[VideoInstances, VideoTracks]:
+                planes_per_chunk: int = 8) -> tuple[VideoInstances, VideoTracks]:
     """Online inference over a whole video in bounded memory.
 
     frame_forward(images (t, 3, H_pad, W_pad)) -> {"pred_logits": (t, Q, K+1), "pred_masks":
@@ -191,6 +324,6 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
     if padded_size is None:
         raise ValueError("infer_video: the video has no frames")
     tracks = tracker.finalize()
-    instances = inference_video(tracks.pred_logits, tracks.pred_masks, padded_size, image_size, output_size,
-                                num_topk, planes_per_chunk=planes_per_chunk, mask_device=mask_storage_device)
+    instances = inference_tracks(tracks, padded_size, image_size, output_size, num_topk,
+                                 planes_per_chunk=planes_per_chunk, mask_device=mask_storage_device)
     return instances, tracks

@@ -154,3 +154,54 @@ def test_frame_table_bulk_add_dedups_per_size_and_rejects_escaped_quotes():
     quoted = b'[{"size": [2, 2], "counts": "ab\\"}, "x"}]'  # the pattern stops at the escaped quote
     parts = FRAME_PATTERN.split(quoted)
     assert FrameTable().add_many(parts[1::4], parts[2::4], parts[3::4]) is None
+
+
+def test_ground_truth_from_background_bytes_equals_from_path(case, tmp_path):
+    ground_truth, results, _, expected = case
+    path = tmp_path / "gt.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(ground_truth).encode()))
+    from_bytes = load_ground_truth(data.read_bytes_in_background(path).result(), name=str(path))
+    from_path = load_ground_truth(path)
+    assert from_bytes.source == from_path.source == str(path)
+    for name in ("ann_ids", "ann_avg_area", "frame_offsets", "frame_ids"):
+        np.testing.assert_array_equal(getattr(from_bytes, name), getattr(from_path, name))
+    np.testing.assert_array_equal(from_bytes.table.areas, from_path.table.areas)
+    preds = predictions_from_list(copy.deepcopy(results))
+    np.testing.assert_array_equal(evaluate(from_bytes, preds).stats, expected)
+    with pytest.raises(InputError, match="gt.json.gz: missing list 'videos'"):
+        load_ground_truth(b'{"categories": []}', name=str(path))
+
+
+def test_frame_table_bulk_add_without_dedup_keeps_every_frame_and_measures_areas():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((5, 7)) < p).astype(np.uint8) for p in (0.0, 0.3, 0.3, 1.0)]
+    masks[2] = masks[1]  # a repeated mask stays a separate frame without de-duplication
+    encoded = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+    text = json.dumps([{"size": e["size"], "counts": e["counts"].decode()} for e in encoded]).encode()
+    parts = FRAME_PATTERN.split(text)
+    table = FrameTable()
+    assert table.add_many(parts[1::4], parts[2::4], parts[3::4], deduplicate=False).tolist() == [0, 1, 2, 3]
+    table.finalize()
+    # Areas do not depend on the size pycocotools is given (the table measures with a shared one).
+    assert table.areas.tolist() == [int(m.sum()) for m in masks]
+    assert table.heights.tolist() == [5] * 4 and table.widths.tolist() == [7] * 4
+
+
+@pytest.mark.parametrize("areas", [[True, 4], [float("nan")], [None, float("inf")], ["12"], 5, [[3]]])
+def test_ground_truth_rejects_bad_areas_naming_the_annotation(areas):
+    dataset = {"videos": [{"id": 1, "height": 2, "width": 2, "length": 2}], "categories": [{"id": 1}],
+               "annotations": [{"id": 7, "video_id": 1, "category_id": 1, "segmentations": [None, None],
+                                "areas": areas}]}
+    with pytest.raises(InputError, match=r"annotations\[0\] \(id 7\): 'areas' must be a list of numbers"):
+        load_ground_truth(dataset)
+
+
+def test_ground_truth_mean_area_skips_nulls_and_zeros():
+    dataset = {"videos": [{"id": 1, "height": 2, "width": 2, "length": 4}], "categories": [{"id": 1}],
+               "annotations": [{"id": 1, "video_id": 1, "category_id": 1, "segmentations": [None] * 4,
+                                "areas": [None, 0, 2, 3.5]},
+                               {"id": 2, "video_id": 1, "category_id": 1, "segmentations": [None] * 4,
+                                "areas": [None, 0, 0.0, None]}]}
+    assert load_ground_truth(dataset).ann_avg_area.tolist() == [2.75, 0.0]

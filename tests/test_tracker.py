@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker,
+from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
                             binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep, track_video)
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
@@ -102,6 +102,43 @@ def test_options_change_behaviour():
         other = np.stack([r.assigned_ids.numpy()
                           for r in track_video(TrackerConfig(**variant), logits, masks, embeds)[1]])
         assert not np.array_equal(default, other), variant
+
+
+def test_memory_slots_grow_and_are_reused_like_the_oracle():
+    """Many short tracklets: the bank outgrows its initial 64 slots and reuses dead ones; the
+    insertion order (match columns) must still be the released dict order."""
+    config = TrackerConfig(num_classes=40, num_dead_frames=6)
+    logits, masks, embeds = synthetic_detections(40, num_queries=60, num_distractors=30, seed=5)
+    tracker = VideoTracker(config)
+    results = [tracker.step(logits[t], masks[t], embeds[t]) for t in range(logits.shape[0])]
+    assert tracker._memory.slot_ids.size > 64 and tracker._memory.free_slots   # grew, and has freed slots
+    assigned, live, track_ids, out_logits, out_masks = oracle_track(config, logits, masks, embeds)
+    np.testing.assert_array_equal(np.stack([r.assigned_ids.numpy() for r in results]), np.array(assigned))
+    assert [r.live_ids.tolist() for r in results] == live
+    tracks = tracker.finalize()
+    assert torch.equal(tracks.track_ids, track_ids) and torch.equal(tracks.pred_masks, out_masks)
+
+
+def test_compact_tracks_equal_their_dense_form():
+    logits, masks, embeds = synthetic_detections(16, seed=3)
+    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    assert tracks.frame_masks is not None and len(tracks.frame_masks) == 16
+    dense = VideoTracks(tracks.track_ids, tracks.pred_logits, tracks.pred_masks.clone())
+    assert dense.num_frames == tracks.num_frames == 16 and dense.mask_size == tracks.mask_size == (24, 40)
+    recorded = tracks.recorded
+    # Recorded planes are exactly the non-zero ones (masks of tracked queries are never all zero here).
+    np.testing.assert_array_equal(recorded, tracks.pred_masks.flatten(2).ne(0).any(-1).numpy())
+    rows, frames = np.nonzero(recorded)
+    assert torch.equal(tracks.planes(rows, frames), dense.planes(rows, frames))
+    assert torch.equal(tracks.planes(rows, frames), tracks.pred_masks[torch.from_numpy(rows), torch.from_numpy(frames)])
+    absent_row, absent_frame = (int(v[0]) for v in np.nonzero(~recorded))
+    with pytest.raises(ValueError, match="absent"):
+        tracks.planes(np.array([absent_row]), np.array([absent_frame]))
+    with pytest.raises(ValueError, match="either pred_masks"):
+        VideoTracks(tracks.track_ids, tracks.pred_logits)
+    with pytest.raises(ValueError, match="mask_rows must be"):
+        VideoTracks(tracks.track_ids, tracks.pred_logits, frame_masks=tracks.frame_masks,
+                    mask_rows=tracks.mask_rows[:, :3])
 
 
 # ---- hand-made cases -------------------------------------------------------------------------

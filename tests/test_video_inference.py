@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.tracker import TrackerConfig, track_video
-from models.video_inference import VideoInstances, infer_video, inference_video
+from models.video_inference import VideoInstances, infer_video, inference_tracks, inference_video
 from tests.tracker_oracle import oracle_inference_video, synthetic_detections
 
 
@@ -64,6 +64,39 @@ def test_matches_loop_oracle_on_every_path(padded, image, output):
     assert torch.equal(result.masks, expected_masks)
     torch.testing.assert_close(result.scores, scores, atol=1e-6, rtol=0)
     assert result.masks.shape == (40, 12, *output) and result.image_size == output
+
+
+@pytest.mark.parametrize("padded,image,output", [SIZE_CASES[1], SIZE_CASES[3]])
+def test_compact_tracks_path_equals_dense_and_oracle(padded, image, output):
+    logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=6)
+    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    compact = inference_tracks(tracks, padded, image, output, num_topk=40, planes_per_chunk=3)
+    assert compact.windows is not None and compact._track_masks is None       # nothing dense built yet
+    scores, labels, expected_masks = oracle_inference_video(tracks.pred_logits, tracks.pred_masks, padded, image,
+                                                            output, num_topk=40)
+    torch.testing.assert_close(compact.scores, scores, atol=1e-6, rtol=0)
+    assert torch.equal(compact.labels, labels)
+    for entry, frame in ((0, 0), (5, 7), (39, 11)):
+        assert torch.equal(compact.frame_mask(entry, frame), expected_masks[entry, frame])
+    assert torch.equal(compact.masks, expected_masks)
+    dense = inference_video(tracks.pred_logits, tracks.pred_masks, padded, image, output, num_topk=40)
+    assert torch.equal(dense.track_masks, compact.track_masks) and torch.equal(dense.scores, compact.scores)
+    assert torch.equal(dense.frame_mask(3, 4), expected_masks[3, 4])
+
+
+def test_mask_only_in_the_padding_is_empty():
+    """A track whose positive logits all lie in the padding crops to an empty mask (confidence 0);
+    one that touches the image border keeps the pixels the resizes carry inside."""
+    pred_masks = torch.full((2, 3, 16, 16), -4.0)
+    pred_masks[0, :, 14:, 14:] = 6.0            # padding only (image is the top-left 52x52 of 64x64)
+    pred_masks[1, 1, 12:14, 12:14] = 6.0        # straddles the image border
+    pred_logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    for output in ((52, 52), (80, 70)):
+        result = inference_video(pred_logits, pred_masks, (64, 64), (52, 52), output, num_topk=4)
+        scores, labels, masks = oracle_inference_video(pred_logits, pred_masks, (64, 64), (52, 52), output, num_topk=4)
+        assert torch.equal(result.labels, labels) and torch.equal(result.masks, masks)
+        torch.testing.assert_close(result.scores, scores, atol=1e-6, rtol=0)
+        assert not result.track_masks[0].any() and result.track_masks[1].any()     # unique tracks 0, 1
 
 
 def test_interpolation_is_batch_invariant():

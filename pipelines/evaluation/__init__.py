@@ -2,6 +2,8 @@
 
 Modules (import them directly; this package imports nothing so that `ctvis eval` starts fast):
 
+- `files`: read input files (plain or .gz, local or object storage), also in a background thread;
+  standard library only, so `ctvis eval` starts unzipping before it imports numpy.
 - `data`: read ground truth and results files (plain or .gz) into flat arrays.
 - `metrics`: `evaluate(gt, preds, benchmark)` -> `Evaluation` (stats, precision, recall, per category).
 - `benchmarks`: `run_evaluation(...)` for ytvis / ovis / ytvis2022 (short / long split), input checks.

@@ -78,8 +78,7 @@ def _evaluation_json(evaluation) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .benchmarks import run_evaluation
-    from .data import InputError, load_ground_truth, load_predictions, read_bytes_in_background
+    from .files import InputError, read_bytes_in_background
 
     start = time.perf_counter()
     try:
@@ -90,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--benchmark {args.benchmark} needs --gt")
         elif args.gt_short or args.gt_long:
             raise InputError("--gt-short / --gt-long are for --benchmark ytvis2022")
-        # The results file (the big one) is read and gunzipped in a thread while the GT is parsed.
+        # Files are read and gunzipped in threads (zlib releases the GIL) while numpy, pycocotools and
+        # the evaluator are imported and the GT is parsed; the results file (the big one) first.
         results_bytes = read_bytes_in_background(args.results)
-        gt = load_ground_truth(args.gt) if args.gt else None
-        gt_short = load_ground_truth(args.gt_short) if args.gt_short else None
-        gt_long = load_ground_truth(args.gt_long) if args.gt_long else None
+        gt_bytes = {path: read_bytes_in_background(path) for path in (args.gt, args.gt_short, args.gt_long) if path}
+        from .benchmarks import run_evaluation
+        from .data import load_ground_truth, load_predictions
+
+        def ground_truth(path):
+            return load_ground_truth(gt_bytes[path].result(), name=str(path)) if path else None
+
+        gt, gt_short, gt_long = ground_truth(args.gt), ground_truth(args.gt_short), ground_truth(args.gt_long)
         preds = load_predictions(results_bytes.result(), name=str(args.results))
         parallel_map = None
         if args.workers > 0:

@@ -11,76 +11,19 @@ to ordinary parsing, so every valid file is read, fast or not.
 """
 from __future__ import annotations
 
-import gzip
 import itertools
 import json
 import math
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from .files import InputError, read_bytes, read_bytes_in_background  # noqa: F401 (re-exported)
 from .rle import FRAME_PATTERN, FrameTable, rle_from_segmentation
 
 # OVIS per-frame occlusion labels -> scores (the official oviseval.py table).
 OCCLUSION_SCORES = {"no_occlusion": 0.0, "slight_occlusion": 0.25, "severe_occlusion": 0.75}
-
-
-class InputError(ValueError):
-    """A ground-truth or results file that cannot be evaluated; the message names file and entry."""
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """File contents, gunzipped when the file is gzip (by its magic bytes, whatever its name).
-
-    `path` is a local path or a URI (`file://`, `s3://`); object storage goes through
-    `pipelines.storage` (imported only then, so local evaluation stays light)."""
-    try:
-        if isinstance(path, str) and "://" in path:
-            from pipelines import storage
-
-            try:
-                raw = storage.read_bytes(path)
-            except storage.StorageNotFound:
-                raise FileNotFoundError(path) from None
-            except storage.StorageError as error:
-                raise InputError(str(error)) from None
-        else:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, expected a JSON file") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = _gunzip(raw)
-        except (OSError, EOFError, zlib.error) as error:
-            raise InputError(f"{path}: corrupt gzip file ({error})") from None
-    return raw
-
-
-def _gunzip(raw: bytes) -> bytes:
-    """gzip.decompress for the usual single-member file in one zlib pass that checks the CRC itself
-    (gzip.decompress adds a separate CRC pass); zlib releases the GIL meanwhile, so a reader thread
-    overlaps with parsing. Several members or trailing bytes: gzip.decompress."""
-    inflater = zlib.decompressobj(31)  # 31: gzip header and trailer
-    out = inflater.decompress(raw)
-    if not inflater.eof or inflater.unused_data:
-        return gzip.decompress(raw)
-    return out
-
-
-def read_bytes_in_background(path: str | os.PathLike):
-    """Starts `read_bytes(path)` in a thread (file reading and gunzip release the GIL); returns a
-    future whose result() gives the bytes or raises read_bytes's InputError."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctvis-eval-read")
-    future = pool.submit(read_bytes, path)
-    pool.shutdown(wait=False)
-    return future
 
 
 def _parse_json(raw: bytes, source: str):
@@ -90,6 +33,9 @@ def _parse_json(raw: bytes, source: str):
         raise InputError(f"{source}: not valid JSON ({error})") from None
     except UnicodeDecodeError as error:
         raise InputError(f"{source}: not UTF-8 text ({error})") from None
+
+
+_AREA_TYPES = {int, float, type(None)}
 
 
 def _is_int(value) -> bool:
@@ -138,19 +84,22 @@ class GroundTruth:
         return np.where(self.video_ids[position] == video_ids, position, -1)
 
 
-def load_ground_truth(source: str | os.PathLike | dict) -> GroundTruth:
-    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz) or an already-parsed dict.
+def load_ground_truth(source: str | os.PathLike | bytes | dict, name: str | None = None) -> GroundTruth:
+    """Reads a YouTube-VIS / OVIS ground-truth file (plain or .gz), its bytes as read by `read_bytes`
+    (`name` then names it in messages), or an already-parsed dict.
 
     From text, compressed-RLE frames are cut out by one regular-expression pass (FRAME_PATTERN) into
     the frame table and replaced by the placeholder 1 before `json` parses the rest; a file in another
     layout (or whose placeholders do not line up with the annotations' frames) is parsed normally."""
     if isinstance(source, dict):
-        return _build_ground_truth("<ground truth>", source, FrameTable(), None)
-    name = str(source)
-    raw = read_bytes(source)
+        return _build_ground_truth(name or "<ground truth>", source, FrameTable(), None)
+    if isinstance(source, (bytes, bytearray)):
+        name, raw = name or "<ground truth>", bytes(source)
+    else:
+        name, raw = str(source), read_bytes(source)
     parts = FRAME_PATTERN.split(raw)
     table = FrameTable()
-    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4])
+    matched = table.add_many(parts[1::4], parts[2::4], parts[3::4], deduplicate=False)
     if matched is not None and len(matched):
         try:
             dataset = json.loads(b"1".join(parts[0::4]))
@@ -275,11 +224,16 @@ def _build_ground_truth(name: str, dataset, table: FrameTable, matched: np.ndarr
             warnings.append(f"{where} (id {ann['id']}) has no 'areas'; using its mask areas")
             avg_area.append(None)  # filled from the masks below
         else:
-            if not isinstance(areas, list) or not all(a is None or _is_number(a) for a in areas):
-                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
             # Area ranges use the JSON areas (official), their mean over non-null, non-zero frames.
+            # Checked in bulk: ints, floats and nulls only (not bools), and no NaN or infinity
+            # (those are truthy, so they are among the present values).
+            if not isinstance(areas, list) or not set(map(type, areas)) <= _AREA_TYPES:
+                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
             present = [a for a in areas if a]
-            avg_area.append(float(np.array(present).mean()) if present else 0.0)
+            values = np.array(present, dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise InputError(f"{where} (id {ann['id']}): 'areas' must be a list of numbers or nulls")
+            avg_area.append(float(values.mean()) if present else 0.0)
         occlusion = ann.get("occlusion")
         if occlusion is None:
             occ_score.append(math.nan)

@@ -37,9 +37,18 @@ def _unescape(counts: bytes) -> bytes:
     return json.loads(b'"' + counts + b'"').encode("ascii")
 
 
+def _parse_ints(digits: list[bytes]) -> np.ndarray:
+    """Decimal byte strings (n,) -> int64 (n,); a file holds few distinct mask sizes, so each distinct
+    string is converted once."""
+    value = {key: int(key) for key in dict.fromkeys(digits)}
+    return np.fromiter(map(value.__getitem__, digits), dtype=np.int64, count=len(digits))
+
+
 def _has_escaped_end(joined: bytes) -> bool:
     """Whether a string body of `joined` (bodies joined by '"', which no body contains) ends in an odd
     number of backslashes: its closing quote was escaped, so FRAME_PATTERN cut the string short."""
+    if not joined.endswith(b"\\") and joined.find(b'\\"') < 0:
+        return False  # the usual case: no body ends in a backslash (checked without copying the text)
     text = joined + b'"'
     position = text.find(b'\\"')
     while position >= 0:
@@ -85,15 +94,18 @@ class FrameTable:
         self._widths.append(width)
         return len(self.counts) - 1
 
-    def add_many(self, heights: list[bytes], widths: list[bytes], counts: list[bytes]) -> np.ndarray | None:
+    def add_many(self, heights: list[bytes], widths: list[bytes], counts: list[bytes],
+                 deduplicate: bool = True) -> np.ndarray | None:
         """Adds frames cut out by FRAME_PATTERN (its three groups, per frame); returns their indices
         (n,), or None when a frame is not a plain one (an escaped quote inside the string): parse
-        that file normally. Equal frames are stored once; the work is in C but for one dict pass."""
+        that file normally. With `deduplicate`, equal frames are stored once (results repeat masks);
+        ground truth, which rarely does, skips that pass. The work is in C but for one dict pass."""
         n = len(counts)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        height = np.array(heights).astype(np.int64)
-        width = np.array(widths).astype(np.int64)
+        height, width = _parse_ints(heights), _parse_ints(widths)
+        if not deduplicate:
+            return self._add_distinct(height, width, counts, np.arange(n))
         index = {key: i for i, key in enumerate(dict.fromkeys(counts))}
         frame_index = np.fromiter(map(index.__getitem__, counts), dtype=np.int64, count=n)
         first = np.zeros(len(index), dtype=np.int64)
@@ -108,6 +120,12 @@ class FrameTable:
             distinct = [key[2] for key in index]
         else:
             distinct = list(index)
+        return self._add_distinct(height[first], width[first], distinct, frame_index)
+
+    def _add_distinct(self, height: np.ndarray, width: np.ndarray, distinct: list[bytes],
+                      frame_index: np.ndarray) -> np.ndarray | None:
+        """Stores the masks `distinct` (JSON string bodies) of sizes (height, width); returns
+        frame_index shifted to table indices, or None when a body ends in an escaped quote."""
         joined = b'"'.join(distinct)
         if b"\\" in joined:
             if _has_escaped_end(joined):
@@ -119,15 +137,16 @@ class FrameTable:
                 distinct = [_unescape(key) for key in distinct]
         base = len(self.counts)
         self.counts.extend(distinct)
-        self._heights.extend(height[first].tolist())
-        self._widths.extend(width[first].tolist())
+        self._heights.extend(height.tolist())
+        self._widths.extend(width.tolist())
         return frame_index + base
 
     def finalize(self) -> "FrameTable":
         """Computes the area of every mask not measured yet (call after adding)."""
         done = len(self.areas)
-        new = [{"size": [h, w], "counts": c} for h, w, c in
-               zip(self._heights[done:], self._widths[done:], self.counts[done:])]
+        # A mask's area does not depend on its size (pycocotools only stores it): one shared list.
+        size = [1, 1]
+        new = [{"size": size, "counts": c} for c in self.counts[done:]]
         parts = [self.areas]
         for start in range(0, len(new), _AREA_CHUNK):
             parts.append(_mask.area(new[start:start + _AREA_CHUNK]).astype(np.int64))
@@ -149,11 +168,12 @@ def intersect_counts(counts_a: list[bytes], counts_b: list[bytes], areas_a: np.n
     count = len(counts_a)
     out = np.zeros(count, dtype=np.int64)
     crowd = np.ones(_PAIR_CHUNK, dtype=np.uint8)
+    # Pair j of a batch gets size [j + 1, 1]: every cross pair then has mismatched sizes.
+    sizes = [[j + 1, 1] for j in range(_PAIR_CHUNK)]
     for start in range(0, count, _PAIR_CHUNK):
         stop = min(count, start + _PAIR_CHUNK)
-        # Pair j of the batch gets size [j + 1, 1]: every cross pair then has mismatched sizes.
-        left = [{"size": [j + 1, 1], "counts": c} for j, c in enumerate(counts_a[start:stop])]
-        right = [{"size": [j + 1, 1], "counts": c} for j, c in enumerate(counts_b[start:stop])]
+        left = [{"size": size, "counts": c} for size, c in zip(sizes, counts_a[start:stop])]
+        right = [{"size": size, "counts": c} for size, c in zip(sizes, counts_b[start:stop])]
         # With iscrowd=1 pycocotools returns intersection / area(left), exact in float64.
         ratio = np.diagonal(_mask.iou(left, right, crowd[: stop - start]))
         out[start:stop] = np.rint(ratio * areas_a[start:stop]).astype(np.int64)

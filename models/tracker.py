@@ -68,6 +68,19 @@ def _numpy_view(tensor: Tensor) -> np.ndarray | None:
     return tensor.detach().numpy()
 
 
+def _exact_math_view(tensor: Tensor) -> np.ndarray | None:
+    """Numpy view of a CPU float32/float64 tensor, else None.
+
+    Elementwise float arithmetic (+, -, *, /, comparisons, where) is correctly rounded IEEE in both
+    numpy and torch, so running it on these views gives torch's values bit for bit without paying
+    a torch dispatch per op. Reductions, exp/softmax and matrix products round differently in
+    numpy (measured: most elements differ by an ulp), so those stay torch calls. Half precisions
+    stay on the torch path (their elementwise arithmetic need not round alike)."""
+    if tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return _numpy_view(tensor)
+
+
 def _gather_rows(tensor: Tensor, index: np.ndarray) -> Tensor:
     """tensor[index] along dim 0 (a copy), index a host int64 array."""
     array = _numpy_view(tensor)
@@ -433,9 +446,9 @@ class _MemoryBank:
 
     def matching_embeds(self) -> Tensor:
         """(M, C) the embedding each tracklet is matched with, in insertion order."""
-        order = torch.from_numpy(self.order).to(self.fused_embeds.device)
         if self.config.embed_type != "temporally_weighted":
-            return self.fused_embeds.index_select(0, order)
+            return _gather_rows(self.fused_embeds, self.order)
+        order = torch.from_numpy(self.order).to(self.fused_embeds.device)
         # weights = cached scores + (1/c, ..., 1) over the c cached frames; zero in empty positions
         # (their score and temporal weight are both 0), so no mask is needed.
         rows = self.cache.index_select(0, order)                                       # (M, L, C+1)
@@ -460,7 +473,11 @@ class _MemoryBank:
             self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(extra, self.embed_dim)])
         slots = np.concatenate([np.array(reused, dtype=np.int64), fresh])
         if reused and self.cache.shape[2]:
-            self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
+            cache_host = _numpy_view(self.cache)
+            if cache_host is not None:
+                cache_host[reused] = 0
+            else:
+                self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
         self.slot_ids[slots] = track_ids
         self.exist_frames[slots] = 0
         self.cache_len[slots] = 0
@@ -485,6 +502,44 @@ class _MemoryBank:
         new = slots < 0
         if new.any():
             slots[new] = self._allocate(track_ids[new])
+        fused_host, embeds_host = _exact_math_view(self.fused_embeds), _exact_math_view(embeds)
+        if config.embed_type != "temporally_weighted" and fused_host is not None and embeds_host is not None:
+            self._update_host(slots, new, embeds, embeds_host, fused_host)
+        else:
+            self._update_torch(slots, new, scores, embeds)
+        self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
+        self.exist_frames[slots] += 1
+        self.last_frame[slots] = frame_index
+
+    def _update_host(self, slots: np.ndarray, first_time: np.ndarray, embeds: Tensor, embeds_host: np.ndarray,
+                     fused_host: np.ndarray) -> None:
+        """``_update_torch`` on CPU float32/float64 state: the same values bit for bit, with the
+        gathers, scatters and elementwise arithmetic on numpy views of the slots (in place) and only
+        the norm, the batched dot products and their sum as torch calls (numpy rounds those
+        differently). Saves ~15 torch dispatches per frame."""
+        config = self.config
+        if config.embed_type == "similarity_guided":
+            cache_host = _numpy_view(self.cache)
+            cache_rows = cache_host[slots]                                                # (n, L, C)
+            # F.normalize: x / max(||x||, 1e-12).
+            norms = torch.linalg.vector_norm(embeds, dim=1, keepdim=True).numpy()
+            unit = embeds_host / np.maximum(norms, np.asarray(1e-12, dtype=norms.dtype))
+            similarity = torch.bmm(torch.from_numpy(cache_rows), torch.from_numpy(unit)[:, :, None])[:, :, 0].sum(1).numpy()
+            similarity = similarity / self.cache_len[slots].clip(min=1).astype(similarity.dtype)
+            beta = np.where(similarity > 0, similarity, 0).astype(similarity.dtype)[:, None]
+            fused = (1 - beta) * fused_host[slots] + beta * embeds_host
+            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
+            cache_rows[:, :-1] = cache_rows[:, 1:]
+            cache_rows[:, -1] = unit
+            cache_host[slots] = cache_rows
+        elif config.embed_type == "momentum":
+            fused = (1 - config.momentum) * fused_host[slots] + config.momentum * embeds_host
+            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
+        else:  # last
+            fused_host[slots] = embeds_host
+
+    def _update_torch(self, slots: np.ndarray, new: np.ndarray, scores: Tensor | None, embeds: Tensor) -> None:
+        config = self.config
         device = embeds.device
         slots_t = torch.from_numpy(slots).to(device)
         first_time = torch.from_numpy(new).to(device)[:, None]
@@ -512,9 +567,6 @@ class _MemoryBank:
         if cache_rows is not None:
             # Append to the right-aligned caches; the oldest position falls off.
             self.cache.index_copy_(0, slots_t, torch.cat([cache_rows[:, 1:], entry[:, None]], dim=1))
-        self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
-        self.exist_frames[slots] += 1
-        self.last_frame[slots] = frame_index
 
     def drop_dead(self, frame_index: int) -> None:
         alive = frame_index - self.last_frame[self.order] <= self.config.num_dead_frames
@@ -621,13 +673,30 @@ class VideoTracker:
 
         # 1. sort by the best class score; keep those above the select threshold (a prefix of the
         #    sorted order), or the top one when none passes. The decisions run on host copies.
-        max_scores = pred_logits.softmax(dim=-1)[:, :-1].max(dim=1).values
-        sorted_scores, order = torch.sort(max_scores, dim=0, descending=True)
+        probs = pred_logits.softmax(dim=-1)
+        probs_host = _numpy_view(probs)
+        sorted_scores = None
+        if probs_host is not None:
+            # max is exact in numpy; a stable sort gives torch's order whenever the scores are all
+            # distinct (the only case where every sort agrees). Ties and NaN go to torch.sort,
+            # whose CPU order among equal keys is not the stable one.
+            max_host = probs_host[:, :-1].max(axis=1)
+            order_host = np.argsort(-max_host, kind="stable")
+            scores_sorted_host = max_host[order_host]
+            if not bool(np.all(scores_sorted_host[:-1] > scores_sorted_host[1:])):
+                sorted_scores, order = torch.sort(torch.from_numpy(max_host), dim=0, descending=True)
+                order_host = order.numpy()
+                scores_sorted_host = sorted_scores.numpy()
+        else:
+            sorted_scores, order = torch.sort(probs[:, :-1].max(dim=1).values, dim=0, descending=True)
+            order_host = _host(order)
+            scores_sorted_host = _host(sorted_scores if sorted_scores.dtype == torch.float64 else sorted_scores.float())
         if self._select_thr is None:
-            self._select_thr = _host_threshold(config.inference_select_thr, sorted_scores.dtype)
-            self._init_thr = _host_threshold(config.init_score_thr, sorted_scores.dtype)
-        scores_host = _host(sorted_scores.float() if sorted_scores.dtype != torch.float64 else sorted_scores)
-        order_host = _host(order)
+            self._select_thr = _host_threshold(config.inference_select_thr, probs.dtype)
+            self._init_thr = _host_threshold(config.init_score_thr, probs.dtype)
+        # float16 (numpy) / bfloat16 (torch only) scores are compared in float32, exactly.
+        scores_host = (scores_sorted_host if scores_sorted_host.dtype in (np.float32, np.float64)
+                       else scores_sorted_host.astype(np.float32))
         num_selected = max(1, int(np.count_nonzero(scores_host > self._select_thr)))
 
         # 2. greedy mask NMS over the selected candidates (their masks only).
@@ -639,8 +708,7 @@ class VideoTracker:
         # 3. associate with the memory bank.
         track_ids = np.full(kept_pos.size, -1, dtype=np.int64)
         if self._next_id > 0 and len(self._memory) > 0:
-            kept_t = torch.from_numpy(kept_queries).to(self.device)
-            matched = self._match(pred_embeds.index_select(0, kept_t))
+            matched = self._match(_gather_rows(pred_embeds, kept_queries))
             has_match = matched >= 0
             track_ids[has_match] = self._memory.ids[matched[has_match]]
         # A never-started tracker only initialises; afterwards unmatched confident detections start
@@ -653,16 +721,18 @@ class VideoTracker:
         has_id = track_ids >= 0
         ids = track_ids[has_id]
         tracked_queries = kept_queries[has_id]
-        tracked_t = torch.from_numpy(tracked_queries).to(self.device)
         bank_scores = None
         if config.embed_type == "temporally_weighted":
-            bank_scores = sorted_scores.index_select(0, torch.from_numpy(kept_pos[has_id]).to(self.device))
-        self._memory.update(ids, bank_scores, pred_embeds.index_select(0, tracked_t), frame_index)
+            if sorted_scores is None:
+                bank_scores = torch.from_numpy(scores_sorted_host[kept_pos[has_id]])
+            else:
+                bank_scores = sorted_scores.index_select(0, torch.from_numpy(kept_pos[has_id]).to(self.device))
+        self._memory.update(ids, bank_scores, _gather_rows(pred_embeds, tracked_queries), frame_index)
         self._memory.drop_dead(frame_index)
 
         # 4. video bookkeeping: only the tracked queries' logits and masks are kept.
         self._frame_ids.append(ids)
-        self._frame_logits.append(pred_logits.index_select(0, tracked_t))
+        self._frame_logits.append(_gather_rows(pred_logits, tracked_queries))
         # From the candidates' copy (just read, still in cache) rather than the frame's full output.
         self._frame_masks.append(_gather_rows(candidate_masks, kept_pos[has_id]).to(self.mask_storage_device))
         self._record_entries(ids, frame_index)
@@ -685,10 +755,17 @@ class VideoTracker:
         memory_embeds = self._memory.matching_embeds()
         if config.match_metric == "bisoftmax":
             similarity = torch.mm(embeds, memory_embeds.t())
-            match_scores = (similarity.softmax(dim=1) + similarity.softmax(dim=0)) / 2
+            by_row, by_column = similarity.softmax(dim=1), similarity.softmax(dim=0)
+            by_row_host, by_column_host = _exact_math_view(by_row), _exact_math_view(by_column)
+            if by_row_host is not None:
+                return self._assign((by_row_host + by_column_host) / 2)
+            match_scores = (by_row + by_column) / 2
         else:
             match_scores = torch.mm(F.normalize(embeds, p=2, dim=1), F.normalize(memory_embeds, p=2, dim=1).t())
-        match_scores = _host(match_scores.float())
+        return self._assign(_host(match_scores.float()))
+
+    def _assign(self, match_scores: np.ndarray) -> np.ndarray:
+        config = self.config
         if config.match_type == "greedy":
             return greedy_match(match_scores, self._memory.live_exist_frames(), config.match_score_thr,
                                 config.frame_weight)

@@ -282,6 +282,20 @@ def _float32_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
     return (intersection.astype(np.float32) + eps) / (union.astype(np.float32) + eps)
 
 
+def _row_pixel_counts(binary: np.ndarray) -> np.ndarray:
+    """(n, h) int32 number of True pixels per mask row of a (n, h, w) bool array.
+
+    When a row is a whole number of 8-byte words (w % 8 == 0, C-contiguous, w < 2048), the row's
+    words are summed as uint64: byte lane k of the sum counts the pixels at positions = k mod 8
+    (at most w / 8 < 256 each, so no lane carries into the next), and the row count is the sum of
+    the 8 lanes. Twice as fast as summing the bytes to int32, which widens every byte (measured)."""
+    num, height, width = binary.shape
+    if width % 8 or width >= 2048 or not binary.flags.c_contiguous:
+        return binary.view(np.uint8).sum(axis=2, dtype=np.int32)
+    lane_sums = binary.view(np.uint64).reshape(num, height, width // 8).sum(axis=2, dtype=np.uint64)
+    return lane_sums.view(np.uint8).reshape(num, height, 8).sum(axis=2, dtype=np.int32)
+
+
 def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     """Greedy mask NMS of score-sorted masks; returns a host bool keep vector (n,).
 
@@ -307,7 +321,7 @@ def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     # sum to int64, first converts the whole tensor; measured several times slower).
     array = _numpy_view(binary_masks)
     if array is not None:
-        row_counts = array.view(np.uint8).sum(axis=2, dtype=np.int32)                  # (n, h)
+        row_counts = _row_pixel_counts(array)                                        # (n, h)
     else:
         row_counts = _host(binary_masks.view(torch.uint8).sum(dim=2, dtype=torch.int32))
     area = row_counts.sum(axis=1, dtype=np.int64)                                # (n,) exact
@@ -358,29 +372,76 @@ def greedy_match(match_scores: np.ndarray, exist_frames: np.ndarray, score_thr: 
     weights = exist_frames.astype(np.float32)
     matched = np.full(scores.shape[0], -1, dtype=np.int64)
     threshold = np.float32(score_thr)
+    if scores.shape[1] == 0:
+        return matched
     # Scores only ever decrease (columns get zeroed), so a row whose initial maximum is not above
     # the threshold can never match: only the other rows need the sequential pass.
-    candidate_rows = np.flatnonzero(scores.max(axis=1) > threshold) if scores.shape[1] else []
-    for row in candidate_rows:
-        row_scores = scores[row]
-        above = row_scores > threshold
-        if frame_weight and np.count_nonzero(above) > 1:
-            valid_weights = weights[above]
-            weighted = row_scores.copy()
-            weighted[above] = row_scores[above] * valid_weights
-            mean_weight = np.float32(valid_weights.sum(dtype=np.float32) / np.float32(valid_weights.size))
-            weighted[~above] = row_scores[~above] * mean_weight
-            column = int(np.argmax(weighted))
-            best = weighted[column]
+    rows = np.flatnonzero(scores.max(axis=1) > threshold)
+    if rows.size == 0:
+        return matched
+    # The weighted scores of all candidate rows at once, as each row would compute them now. They
+    # stay valid for a later row while no column of its above-threshold set is taken: a taken
+    # column elsewhere in the row scores 0 (both weighted and not, given threshold >= 0), which is
+    # patched in by zeroing that column. A row whose set lost a column is recomputed alone.
+    # The mean weight is a sum of integer frame counts: exact in float32 (below 2^24) in any order.
+    exact_sums = float(weights.sum(dtype=np.float64)) < 2 ** 24
+    if threshold < 0 or not exact_sums:
+        for row in rows:
+            _greedy_row(scores, weights, threshold, frame_weight, row, matched)
+        return matched
+    candidates = scores[rows]                                                   # (k, M)
+    above = candidates > threshold
+    if frame_weight:
+        num_above = np.count_nonzero(above, axis=1)
+        weighted_rows = num_above > 1
+        mean_weight = ((above * weights).sum(axis=1, dtype=np.float32)
+                       / np.maximum(num_above, 1).astype(np.float32))
+        row_weights = np.where(above, weights, mean_weight[:, None])
+        weighted = np.where(weighted_rows[:, None], candidates * row_weights, candidates)
+    else:
+        weighted_rows = np.zeros(rows.size, dtype=bool)
+        weighted = candidates
+    stale = np.zeros(rows.size, dtype=bool)
+    for position, row in enumerate(rows.tolist()):
+        if stale[position]:
+            _greedy_row(scores, weights, threshold, frame_weight, row, matched)
+            column = matched[row]
+            if column < 0:
+                continue
         else:
-            column = int(np.argmax(row_scores))
-            best = row_scores[column]
-        if best > threshold:
+            column = int(np.argmax(weighted[position]))
+            if not weighted[position, column] > threshold:
+                continue
             matched[row] = column
-            saved = row_scores[column]
+            saved = scores[row, column]
             scores[:, column] = 0
             scores[row, column] = saved
+        weighted[:, column] = 0
+        stale |= weighted_rows & above[:, column]
     return matched
+
+
+def _greedy_row(scores: np.ndarray, weights: np.ndarray, threshold: np.float32, frame_weight: bool, row: int,
+                matched: np.ndarray) -> None:
+    """One step of the released greedy matching on the current scores (in place)."""
+    row_scores = scores[row]
+    above = row_scores > threshold
+    if frame_weight and np.count_nonzero(above) > 1:
+        valid_weights = weights[above]
+        weighted = row_scores.copy()
+        weighted[above] = row_scores[above] * valid_weights
+        mean_weight = np.float32(valid_weights.sum(dtype=np.float32) / np.float32(valid_weights.size))
+        weighted[~above] = row_scores[~above] * mean_weight
+        column = int(np.argmax(weighted))
+        best = weighted[column]
+    else:
+        column = int(np.argmax(row_scores))
+        best = row_scores[column]
+    if best > threshold:
+        matched[row] = column
+        saved = row_scores[column]
+        scores[:, column] = 0
+        scores[row, column] = saved
 
 
 def hungarian_match(match_scores: np.ndarray, score_thr: float) -> np.ndarray:

@@ -14,9 +14,13 @@ Where the work goes (and why it is fast):
   rest, and an integer intersection is computed only for the few pairs the bound cannot settle.
   On CPU these full-mask passes run on numpy views (see ``_numpy_view``);
 * the bi-softmax / cosine match matrix and the memory-bank update of all matched tracklets are
-  a few batched torch ops on the state's device; the bank lives in preallocated slots;
+  a few batched ops on the state's device; the bank lives in preallocated slots. On CPU (float32 /
+  float64) everything exact in numpy (sorting distinct scores, gathers, scatters, elementwise
+  arithmetic) runs on numpy views, and only the ops numpy rounds differently (softmax, norm,
+  matrix products, sums) stay torch calls: about 7 torch calls per frame instead of ~40;
 * the inherently sequential decisions (greedy NMS over the QxQ overlap matrix, greedy matching in
-  score order) run on small host copies of those matrices, one transfer each per frame;
+  score order) run on small host copies of those matrices, one transfer each per frame; greedy
+  matching weights every candidate row at once and recomputes only rows a taken column affects;
 * nothing grows with the video inside a step: the tracked masks are kept as one small tensor per
   frame and :class:`VideoTracks` reads them in place (the dense (N, T, h, w) tensor is only built
   when asked for); the video bookkeeping (which track is present in which frame, noise-track
@@ -66,6 +70,19 @@ def _numpy_view(tensor: Tensor) -> np.ndarray | None:
     if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
         return None
     return tensor.detach().numpy()
+
+
+def _exact_math_view(tensor: Tensor) -> np.ndarray | None:
+    """Numpy view of a CPU float32/float64 tensor, else None.
+
+    Elementwise float arithmetic (+, -, *, /, comparisons, where) is correctly rounded IEEE in both
+    numpy and torch, so running it on these views gives torch's values bit for bit without paying
+    a torch dispatch per op. Reductions, exp/softmax and matrix products round differently in
+    numpy (measured: most elements differ by an ulp), so those stay torch calls. Half precisions
+    stay on the torch path (their elementwise arithmetic need not round alike)."""
+    if tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return _numpy_view(tensor)
 
 
 def _gather_rows(tensor: Tensor, index: np.ndarray) -> Tensor:
@@ -269,6 +286,20 @@ def _float32_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
     return (intersection.astype(np.float32) + eps) / (union.astype(np.float32) + eps)
 
 
+def _row_pixel_counts(binary: np.ndarray) -> np.ndarray:
+    """(n, h) int32 number of True pixels per mask row of a (n, h, w) bool array.
+
+    When a row is a whole number of 8-byte words (w % 8 == 0, C-contiguous, w < 2048), the row's
+    words are summed as uint64: byte lane k of the sum counts the pixels at positions = k mod 8
+    (at most w / 8 < 256 each, so no lane carries into the next), and the row count is the sum of
+    the 8 lanes. Twice as fast as summing the bytes to int32, which widens every byte (measured)."""
+    num, height, width = binary.shape
+    if width % 8 or width >= 2048 or not binary.flags.c_contiguous:
+        return binary.view(np.uint8).sum(axis=2, dtype=np.int32)
+    lane_sums = binary.view(np.uint64).reshape(num, height, width // 8).sum(axis=2, dtype=np.uint64)
+    return lane_sums.view(np.uint8).reshape(num, height, 8).sum(axis=2, dtype=np.int32)
+
+
 def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     """Greedy mask NMS of score-sorted masks; returns a host bool keep vector (n,).
 
@@ -294,22 +325,30 @@ def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
     # sum to int64, first converts the whole tensor; measured several times slower).
     array = _numpy_view(binary_masks)
     if array is not None:
-        row_counts = array.view(np.uint8).sum(axis=2, dtype=np.int32)                  # (n, h)
+        row_counts = _row_pixel_counts(array)                                        # (n, h)
     else:
         row_counts = _host(binary_masks.view(torch.uint8).sum(dim=2, dtype=torch.int32))
     area = row_counts.sum(axis=1, dtype=np.int64)                                # (n,) exact
+    threshold = np.float32(nms_thr)
+    overlaps = np.zeros((num, num), dtype=bool)
+    # inter <= min(a_i, a_j) and union >= max(a_i, a_j) bound every IoU by the area ratio; only the
+    # pairs that bound leaves open get the row bound below (usually a small fraction of them). The
+    # float32 IoU is within a few ulps of the exact one: a 1e-6 slack keeps every bound safe.
+    smaller, larger = np.minimum(area[:, None], area[None]), np.maximum(area[:, None], area[None])
+    first, second = np.nonzero(np.triu((smaller + 1e-6) / (larger + 1e-6) > nms_thr - 1e-6, k=1))
     # Masks i and j can only intersect on rows where both have pixels, and at most
     # min(count_i, count_j) pixels per such row: an upper bound of the intersection that is 0 exactly
     # when the masks share no row (every pair with an empty mask among them).
-    inter_bound = np.minimum(row_counts[:, None, :], row_counts[None, :, :]).sum(axis=2)   # (n, n)
-    upper = np.triu(np.ones((num, num), dtype=bool), k=1)
-    threshold = np.float32(nms_thr)
+    inter_bound = np.minimum(row_counts[first], row_counts[second]).sum(axis=1, dtype=np.int64)   # (p,)
+    area_sum = area[first] + area[second]
     # Disjoint rows: intersection 0, the IoU is exact from the areas.
-    overlaps = upper & (inter_bound == 0) & (_float32_iou(np.zeros(1, np.int64), area[:, None] + area[None]) > threshold)
-    # IoU <= bound / (a_i + a_j - bound). The float32 IoU is within a few ulps of the exact one: a
-    # 1e-6 slack keeps the bound safe.
-    iou_bound = (inter_bound + 1e-6) / (area[:, None] + area[None] - inter_bound + 1e-6)
-    first, second = np.nonzero(upper & (inter_bound > 0) & (iou_bound > nms_thr - 1e-6))
+    disjoint = inter_bound == 0
+    overlaps[first[disjoint], second[disjoint]] = (
+        _float32_iou(np.zeros(1, np.int64), area_sum[disjoint]) > threshold)
+    # IoU <= bound / (a_i + a_j - bound).
+    iou_bound = (inter_bound + 1e-6) / (area_sum - inter_bound + 1e-6)
+    undecided = ~disjoint & (iou_bound > nms_thr - 1e-6)
+    first, second = first[undecided], second[undecided]
     if first.size:
         flat = binary_masks.reshape(num, -1)
         if first.size <= num and array is not None:
@@ -345,29 +384,76 @@ def greedy_match(match_scores: np.ndarray, exist_frames: np.ndarray, score_thr: 
     weights = exist_frames.astype(np.float32)
     matched = np.full(scores.shape[0], -1, dtype=np.int64)
     threshold = np.float32(score_thr)
+    if scores.shape[1] == 0:
+        return matched
     # Scores only ever decrease (columns get zeroed), so a row whose initial maximum is not above
     # the threshold can never match: only the other rows need the sequential pass.
-    candidate_rows = np.flatnonzero(scores.max(axis=1) > threshold) if scores.shape[1] else []
-    for row in candidate_rows:
-        row_scores = scores[row]
-        above = row_scores > threshold
-        if frame_weight and np.count_nonzero(above) > 1:
-            valid_weights = weights[above]
-            weighted = row_scores.copy()
-            weighted[above] = row_scores[above] * valid_weights
-            mean_weight = np.float32(valid_weights.sum(dtype=np.float32) / np.float32(valid_weights.size))
-            weighted[~above] = row_scores[~above] * mean_weight
-            column = int(np.argmax(weighted))
-            best = weighted[column]
+    rows = np.flatnonzero(scores.max(axis=1) > threshold)
+    if rows.size == 0:
+        return matched
+    # The weighted scores of all candidate rows at once, as each row would compute them now. They
+    # stay valid for a later row while no column of its above-threshold set is taken: a taken
+    # column elsewhere in the row scores 0 (both weighted and not, given threshold >= 0), which is
+    # patched in by zeroing that column. A row whose set lost a column is recomputed alone.
+    # The mean weight is a sum of integer frame counts: exact in float32 (below 2^24) in any order.
+    exact_sums = float(weights.sum(dtype=np.float64)) < 2 ** 24
+    if threshold < 0 or not exact_sums:
+        for row in rows:
+            _greedy_row(scores, weights, threshold, frame_weight, row, matched)
+        return matched
+    candidates = scores[rows]                                                   # (k, M)
+    above = candidates > threshold
+    if frame_weight:
+        num_above = np.count_nonzero(above, axis=1)
+        weighted_rows = num_above > 1
+        mean_weight = ((above * weights).sum(axis=1, dtype=np.float32)
+                       / np.maximum(num_above, 1).astype(np.float32))
+        row_weights = np.where(above, weights, mean_weight[:, None])
+        weighted = np.where(weighted_rows[:, None], candidates * row_weights, candidates)
+    else:
+        weighted_rows = np.zeros(rows.size, dtype=bool)
+        weighted = candidates
+    stale = np.zeros(rows.size, dtype=bool)
+    for position, row in enumerate(rows.tolist()):
+        if stale[position]:
+            _greedy_row(scores, weights, threshold, frame_weight, row, matched)
+            column = matched[row]
+            if column < 0:
+                continue
         else:
-            column = int(np.argmax(row_scores))
-            best = row_scores[column]
-        if best > threshold:
+            column = int(np.argmax(weighted[position]))
+            if not weighted[position, column] > threshold:
+                continue
             matched[row] = column
-            saved = row_scores[column]
+            saved = scores[row, column]
             scores[:, column] = 0
             scores[row, column] = saved
+        weighted[:, column] = 0
+        stale |= weighted_rows & above[:, column]
     return matched
+
+
+def _greedy_row(scores: np.ndarray, weights: np.ndarray, threshold: np.float32, frame_weight: bool, row: int,
+                matched: np.ndarray) -> None:
+    """One step of the released greedy matching on the current scores (in place)."""
+    row_scores = scores[row]
+    above = row_scores > threshold
+    if frame_weight and np.count_nonzero(above) > 1:
+        valid_weights = weights[above]
+        weighted = row_scores.copy()
+        weighted[above] = row_scores[above] * valid_weights
+        mean_weight = np.float32(valid_weights.sum(dtype=np.float32) / np.float32(valid_weights.size))
+        weighted[~above] = row_scores[~above] * mean_weight
+        column = int(np.argmax(weighted))
+        best = weighted[column]
+    else:
+        column = int(np.argmax(row_scores))
+        best = row_scores[column]
+    if best > threshold:
+        matched[row] = column
+        saved = row_scores[column]
+        scores[:, column] = 0
+        scores[row, column] = saved
 
 
 def hungarian_match(match_scores: np.ndarray, score_thr: float) -> np.ndarray:
@@ -433,9 +519,9 @@ class _MemoryBank:
 
     def matching_embeds(self) -> Tensor:
         """(M, C) the embedding each tracklet is matched with, in insertion order."""
-        order = torch.from_numpy(self.order).to(self.fused_embeds.device)
         if self.config.embed_type != "temporally_weighted":
-            return self.fused_embeds.index_select(0, order)
+            return _gather_rows(self.fused_embeds, self.order)
+        order = torch.from_numpy(self.order).to(self.fused_embeds.device)
         # weights = cached scores + (1/c, ..., 1) over the c cached frames; zero in empty positions
         # (their score and temporal weight are both 0), so no mask is needed.
         rows = self.cache.index_select(0, order)                                       # (M, L, C+1)
@@ -460,7 +546,11 @@ class _MemoryBank:
             self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(extra, self.embed_dim)])
         slots = np.concatenate([np.array(reused, dtype=np.int64), fresh])
         if reused and self.cache.shape[2]:
-            self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
+            cache_host = _numpy_view(self.cache)
+            if cache_host is not None:
+                cache_host[reused] = 0
+            else:
+                self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
         self.slot_ids[slots] = track_ids
         self.exist_frames[slots] = 0
         self.cache_len[slots] = 0
@@ -485,6 +575,44 @@ class _MemoryBank:
         new = slots < 0
         if new.any():
             slots[new] = self._allocate(track_ids[new])
+        fused_host, embeds_host = _exact_math_view(self.fused_embeds), _exact_math_view(embeds)
+        if config.embed_type != "temporally_weighted" and fused_host is not None and embeds_host is not None:
+            self._update_host(slots, new, embeds, embeds_host, fused_host)
+        else:
+            self._update_torch(slots, new, scores, embeds)
+        self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
+        self.exist_frames[slots] += 1
+        self.last_frame[slots] = frame_index
+
+    def _update_host(self, slots: np.ndarray, first_time: np.ndarray, embeds: Tensor, embeds_host: np.ndarray,
+                     fused_host: np.ndarray) -> None:
+        """``_update_torch`` on CPU float32/float64 state: the same values bit for bit, with the
+        gathers, scatters and elementwise arithmetic on numpy views of the slots (in place) and only
+        the norm, the batched dot products and their sum as torch calls (numpy rounds those
+        differently). Saves ~15 torch dispatches per frame."""
+        config = self.config
+        if config.embed_type == "similarity_guided":
+            cache_host = _numpy_view(self.cache)
+            cache_rows = cache_host[slots]                                                # (n, L, C)
+            # F.normalize: x / max(||x||, 1e-12).
+            norms = torch.linalg.vector_norm(embeds, dim=1, keepdim=True).numpy()
+            unit = embeds_host / np.maximum(norms, np.asarray(1e-12, dtype=norms.dtype))
+            similarity = torch.bmm(torch.from_numpy(cache_rows), torch.from_numpy(unit)[:, :, None])[:, :, 0].sum(1).numpy()
+            similarity = similarity / self.cache_len[slots].clip(min=1).astype(similarity.dtype)
+            beta = np.where(similarity > 0, similarity, 0).astype(similarity.dtype)[:, None]
+            fused = (1 - beta) * fused_host[slots] + beta * embeds_host
+            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
+            cache_rows[:, :-1] = cache_rows[:, 1:]
+            cache_rows[:, -1] = unit
+            cache_host[slots] = cache_rows
+        elif config.embed_type == "momentum":
+            fused = (1 - config.momentum) * fused_host[slots] + config.momentum * embeds_host
+            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
+        else:  # last
+            fused_host[slots] = embeds_host
+
+    def _update_torch(self, slots: np.ndarray, new: np.ndarray, scores: Tensor | None, embeds: Tensor) -> None:
+        config = self.config
         device = embeds.device
         slots_t = torch.from_numpy(slots).to(device)
         first_time = torch.from_numpy(new).to(device)[:, None]
@@ -512,9 +640,6 @@ class _MemoryBank:
         if cache_rows is not None:
             # Append to the right-aligned caches; the oldest position falls off.
             self.cache.index_copy_(0, slots_t, torch.cat([cache_rows[:, 1:], entry[:, None]], dim=1))
-        self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
-        self.exist_frames[slots] += 1
-        self.last_frame[slots] = frame_index
 
     def drop_dead(self, frame_index: int) -> None:
         alive = frame_index - self.last_frame[self.order] <= self.config.num_dead_frames
@@ -621,13 +746,30 @@ class VideoTracker:
 
         # 1. sort by the best class score; keep those above the select threshold (a prefix of the
         #    sorted order), or the top one when none passes. The decisions run on host copies.
-        max_scores = pred_logits.softmax(dim=-1)[:, :-1].max(dim=1).values
-        sorted_scores, order = torch.sort(max_scores, dim=0, descending=True)
+        probs = pred_logits.softmax(dim=-1)
+        probs_host = _numpy_view(probs)
+        sorted_scores = None
+        if probs_host is not None:
+            # max is exact in numpy; a stable sort gives torch's order whenever the scores are all
+            # distinct (the only case where every sort agrees). Ties and NaN go to torch.sort,
+            # whose CPU order among equal keys is not the stable one.
+            max_host = probs_host[:, :-1].max(axis=1)
+            order_host = np.argsort(-max_host, kind="stable")
+            scores_sorted_host = max_host[order_host]
+            if not bool(np.all(scores_sorted_host[:-1] > scores_sorted_host[1:])):
+                sorted_scores, order = torch.sort(torch.from_numpy(max_host), dim=0, descending=True)
+                order_host = order.numpy()
+                scores_sorted_host = sorted_scores.numpy()
+        else:
+            sorted_scores, order = torch.sort(probs[:, :-1].max(dim=1).values, dim=0, descending=True)
+            order_host = _host(order)
+            scores_sorted_host = _host(sorted_scores if sorted_scores.dtype == torch.float64 else sorted_scores.float())
         if self._select_thr is None:
-            self._select_thr = _host_threshold(config.inference_select_thr, sorted_scores.dtype)
-            self._init_thr = _host_threshold(config.init_score_thr, sorted_scores.dtype)
-        scores_host = _host(sorted_scores.float() if sorted_scores.dtype != torch.float64 else sorted_scores)
-        order_host = _host(order)
+            self._select_thr = _host_threshold(config.inference_select_thr, probs.dtype)
+            self._init_thr = _host_threshold(config.init_score_thr, probs.dtype)
+        # float16 (numpy) / bfloat16 (torch only) scores are compared in float32, exactly.
+        scores_host = (scores_sorted_host if scores_sorted_host.dtype in (np.float32, np.float64)
+                       else scores_sorted_host.astype(np.float32))
         num_selected = max(1, int(np.count_nonzero(scores_host > self._select_thr)))
 
         # 2. greedy mask NMS over the selected candidates (their masks only).
@@ -639,8 +781,7 @@ class VideoTracker:
         # 3. associate with the memory bank.
         track_ids = np.full(kept_pos.size, -1, dtype=np.int64)
         if self._next_id > 0 and len(self._memory) > 0:
-            kept_t = torch.from_numpy(kept_queries).to(self.device)
-            matched = self._match(pred_embeds.index_select(0, kept_t))
+            matched = self._match(_gather_rows(pred_embeds, kept_queries))
             has_match = matched >= 0
             track_ids[has_match] = self._memory.ids[matched[has_match]]
         # A never-started tracker only initialises; afterwards unmatched confident detections start
@@ -653,16 +794,18 @@ class VideoTracker:
         has_id = track_ids >= 0
         ids = track_ids[has_id]
         tracked_queries = kept_queries[has_id]
-        tracked_t = torch.from_numpy(tracked_queries).to(self.device)
         bank_scores = None
         if config.embed_type == "temporally_weighted":
-            bank_scores = sorted_scores.index_select(0, torch.from_numpy(kept_pos[has_id]).to(self.device))
-        self._memory.update(ids, bank_scores, pred_embeds.index_select(0, tracked_t), frame_index)
+            if sorted_scores is None:
+                bank_scores = torch.from_numpy(scores_sorted_host[kept_pos[has_id]])
+            else:
+                bank_scores = sorted_scores.index_select(0, torch.from_numpy(kept_pos[has_id]).to(self.device))
+        self._memory.update(ids, bank_scores, _gather_rows(pred_embeds, tracked_queries), frame_index)
         self._memory.drop_dead(frame_index)
 
         # 4. video bookkeeping: only the tracked queries' logits and masks are kept.
         self._frame_ids.append(ids)
-        self._frame_logits.append(pred_logits.index_select(0, tracked_t))
+        self._frame_logits.append(_gather_rows(pred_logits, tracked_queries))
         # From the candidates' copy (just read, still in cache) rather than the frame's full output.
         self._frame_masks.append(_gather_rows(candidate_masks, kept_pos[has_id]).to(self.mask_storage_device))
         self._record_entries(ids, frame_index)
@@ -685,10 +828,17 @@ class VideoTracker:
         memory_embeds = self._memory.matching_embeds()
         if config.match_metric == "bisoftmax":
             similarity = torch.mm(embeds, memory_embeds.t())
-            match_scores = (similarity.softmax(dim=1) + similarity.softmax(dim=0)) / 2
+            by_row, by_column = similarity.softmax(dim=1), similarity.softmax(dim=0)
+            by_row_host, by_column_host = _exact_math_view(by_row), _exact_math_view(by_column)
+            if by_row_host is not None:
+                return self._assign((by_row_host + by_column_host) / 2)
+            match_scores = (by_row + by_column) / 2
         else:
             match_scores = torch.mm(F.normalize(embeds, p=2, dim=1), F.normalize(memory_embeds, p=2, dim=1).t())
-        match_scores = _host(match_scores.float())
+        return self._assign(_host(match_scores.float()))
+
+    def _assign(self, match_scores: np.ndarray) -> np.ndarray:
+        config = self.config
         if config.match_type == "greedy":
             return greedy_match(match_scores, self._memory.live_exist_frames(), config.match_score_thr,
                                 config.frame_weight)

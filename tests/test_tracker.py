@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
-                            binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep, track_video)
+                            _row_pixel_counts, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep,
+                            track_video)
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
 
@@ -232,6 +233,40 @@ def test_greedy_frame_weighting_prefers_long_tracklets():
     assert greedy_match(scores, np.array([1, 1]), 0.3, frame_weight=True).tolist() == [0, -1]
 
 
+def _greedy_reference(scores, exist, thr, frame_weight):
+    """The released greedy loop, row by row on a float32 copy."""
+    scores = scores.astype(np.float32, copy=True)
+    weights = exist.astype(np.float32)
+    thr = np.float32(thr)
+    matched = [-1] * scores.shape[0]
+    for row in range(scores.shape[0]):
+        row_scores = scores[row].copy()
+        above = row_scores > thr
+        if frame_weight and above.sum() > 1:
+            mean = np.float32(weights[above].sum(dtype=np.float32) / np.float32(above.sum()))
+            row_scores = np.where(above, row_scores * weights, row_scores * mean).astype(np.float32)
+        column = int(np.argmax(row_scores))
+        if row_scores[column] > thr:
+            matched[row] = column
+            saved = scores[row, column]
+            scores[:, column] = 0
+            scores[row, column] = saved
+    return matched
+
+
+def test_greedy_matches_row_by_row_reference_with_contention():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        rows, cols = rng.integers(1, 12), rng.integers(1, 12)
+        # Few distinct values: many rows compete for the same columns, ties included.
+        scores = (rng.integers(0, 8, (rows, cols)) / 8).astype(np.float32)
+        exist = rng.integers(1, 6, cols)
+        for thr in (0.3, 0.5, -0.1):
+            for frame_weight in (True, False):
+                expected = _greedy_reference(scores, exist, thr, frame_weight)
+                assert greedy_match(scores, exist, thr, frame_weight).tolist() == expected, (trial, thr)
+
+
 def test_hungarian_is_optimal_and_keeps_threshold_ties():
     scores = np.array([[0.9, 0.8], [0.85, 0.1]], dtype=np.float32)
     # Greedy takes (0,0) then row 1 has nothing; Hungarian maximises the sum: (0,1), (1,0).
@@ -274,6 +309,15 @@ def test_mask_nms_matches_pairwise_definition():
             masks[q, y:y + hh, x:x + ww] = True
         for thr in (0.3, 0.6):
             assert mask_nms_keep(masks, thr).tolist() == _pairwise_nms(masks, thr), (seed, thr)
+
+
+@pytest.mark.parametrize("width", [216, 8, 2040, 2048, 13])
+def test_row_pixel_counts_word_sums_equal_plain_counts(width):
+    rng = np.random.default_rng(width)
+    masks = rng.random((3, 5, width)) < 0.5
+    masks[1] = True                                         # full rows: the largest lane sums
+    assert np.array_equal(_row_pixel_counts(masks), masks.sum(axis=2))
+    assert np.array_equal(_row_pixel_counts(masks[:, :, ::-1]), masks.sum(axis=2))   # not contiguous
 
 
 def test_binarize_equals_sigmoid_threshold_near_zero():

@@ -152,6 +152,9 @@ def _s3fs(options: S3Options):
             kwargs: dict[str, Any] = {
                 "client_kwargs": client_kwargs,
                 "skip_instance_cache": True,
+                # Other processes (Ray workers, the MLflow server) write and delete under the same
+                # prefixes: a cached directory listing would go stale, so always ask S3.
+                "use_listings_cache": False,
                 # botocore's standard retry mode (exponential backoff) for throttling/transient errors
                 "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}},
             }

@@ -102,3 +102,18 @@ def test_redact_removes_credentials(monkeypatch):
 def test_explicit_credentials_do_not_leak_into_repr():
     opts = storage.S3Options(endpoint_url="http://127.0.0.1:1", access_key_id="AKIAEXAMPLE", secret_access_key="s3cr3t-value")
     assert "s3cr3t-value" not in repr(opts) and "AKIAEXAMPLE" not in repr(opts)
+
+
+@pytest.mark.integration
+def test_s3_listing_sees_changes_made_by_other_clients(s3_server, s3_bucket):
+    # Ray Train (pyarrow) prunes checkpoints and MLflow writes artifacts from other processes:
+    # a listing cached by this process must not hide their changes.
+    base = f"s3://{s3_bucket}/runs"
+    storage.write_text(f"{base}/a/x.txt", "1")
+    storage.write_text(f"{base}/b/x.txt", "2")
+    assert storage.ls(base) == [f"{base}/a", f"{base}/b"]
+    client = s3_server.client()
+    client.delete_object(Bucket=s3_bucket, Key="runs/a/x.txt")
+    client.put_object(Bucket=s3_bucket, Key="runs/c/x.txt", Body=b"3")
+    assert storage.ls(base) == [f"{base}/b", f"{base}/c"]
+    assert not storage.exists(f"{base}/a/x.txt")

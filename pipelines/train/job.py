@@ -96,6 +96,22 @@ def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str
     return False
 
 
+def _prune_checkpoints(runs_root: str, run_name: str, keep: int, log=print) -> None:
+    """Keep only the last `keep` checkpoints of the run once training is over.
+
+    Ray Train prunes to `CheckpointConfig(num_to_keep)` while it runs, but that deletion can still be
+    pending when `fit()` returns (seen on a loaded 2-core machine); the run must end with exactly the
+    last K checkpoints in storage, so the driver finishes the job. Names sort by step (zero-padded)."""
+    run_dir = state.run_dir(runs_root, run_name)
+    try:
+        names = sorted(u for u in storage.ls(run_dir) if u.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_step"))
+    except storage.StorageNotFound:
+        return
+    for stale in names[:-keep] if keep > 0 else []:
+        log(f"removing checkpoint beyond the last {keep}: {storage.redact(stale)}")
+        storage.remove(stale, recursive=True)
+
+
 def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_uri: str, mlflow_run_id: str,
                   worker_env: Optional[dict[str, str]] = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -211,6 +227,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     except BaseException:
         tracker.end("FAILED")
         raise
+    _prune_checkpoints(runs_root, run_name, experiment.train.keep_checkpoints, log)
     metrics = dict(result.metrics or {})
     final_step = int(metrics.get("step", 0))
     final_loss = float(metrics.get("loss", float("nan")))

@@ -78,8 +78,11 @@ def mlflow_server(s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """A Ray local cluster on 127.0.0.1 only, with its auth token in a temporary HOME."""
+def ray_local(tmp_path_factory, s3_server):
+    """A Ray local cluster on 127.0.0.1 only, with its auth token in a temporary HOME.
+
+    It starts after the S3 server so that every Ray process (Train controllers and workers, Data
+    actors) inherits the AWS endpoint and test credentials, whatever order the tests run in."""
     home = tmp_path_factory.mktemp("rayhome")
     with _patched_environ(services.ray_loopback_env(home)):
         import ray

@@ -27,7 +27,6 @@ __all__ = [
     "frame_targets_from_clip",
     "frame_targets_from_clips",
     "gt_to_query_from_indices",
-    "match_clips_for_ctcl",
 ]
 
 
@@ -113,53 +112,6 @@ def gt_to_query_from_indices(
             )
         out[image, gt_idx] = query_idx
     return out
-
-
-def match_clips_for_ctcl(
-    matcher: HungarianMatcher,
-    pred_logits: torch.Tensor,
-    pred_masks: torch.Tensor,
-    clips: Sequence[ClipTargets],
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-frame ground-truth -> query map that CT-CL consumes.
-
-    As the released ``CTCLPlugin.train_loss``, this is a separate matching of the final-layer
-    predictions against *all* N instances of every frame (absent ones included, with their empty
-    masks), so an absent instance also has a query. Clips with fewer instances are padded up to
-    N_max columns whose ``valid`` is False. The masks are matched as given: the released code
-    passed the *unpadded* instance masks here (and the padded ones to the set criterion), which
-    only differs when a frame is padded; a trainer that wants that behaviour passes them so.
-
-    Args:
-        pred_logits: (B, T, Q, K+1); pred_masks: (B, T, Q, h, w); clips: B clip targets.
-
-    Returns:
-        gt_to_query (B, T, N_max) int64 and valid (B, T, N_max) bool (``ids != -1``), on the
-        predictions' device.
-    """
-    batch, frames = pred_logits.shape[:2]
-    if len(clips) != batch:
-        raise ValueError(f"match_clips_for_ctcl: {batch} clips of predictions but {len(clips)} clip targets")
-    sizes = [_check_clip(clip, f"clips[{b}]") for b, clip in enumerate(clips)]
-    for b, (num_frames, _) in enumerate(sizes):
-        if num_frames != frames:
-            raise ValueError(f"clips[{b}] has {num_frames} frames, predictions have {frames}")
-    max_instances = max((n for _, n in sizes), default=0)
-    device = pred_logits.device
-    gt_to_query = torch.zeros(batch, frames, max_instances, dtype=torch.int64, device=device)
-    valid = torch.zeros(batch, frames, max_instances, dtype=torch.bool, device=device)
-    indices = matcher(
-        pred_logits.flatten(0, 1).detach(),
-        pred_masks.flatten(0, 1).detach(),
-        frame_targets_from_clips(clips, keep_absent=True),
-        generator,
-    )
-    for b, (clip, (_, num_instances)) in enumerate(zip(clips, sizes)):  # per clip: N differs
-        clip_indices = indices[b * frames : (b + 1) * frames]
-        gt_to_query[b, :, :num_instances] = gt_to_query_from_indices(clip_indices, num_instances).to(device)
-        valid[b, :, :num_instances] = clip["ids"].to(device) != -1
-    return gt_to_query, valid
 
 
 class SetCriterion(nn.Module):

@@ -11,7 +11,6 @@ from models.criterion import (
     frame_targets_from_clip,
     frame_targets_from_clips,
     gt_to_query_from_indices,
-    match_clips_for_ctcl,
 )
 from models.matcher import FrameTarget, HungarianMatcher, MatcherConfig
 from models.point_sampling import point_sample
@@ -161,24 +160,19 @@ def test_frames_without_instances():
     assert torch.isfinite(masks.grad).all()
 
 
-def test_gt_to_query_and_ctcl_matching():
+def test_gt_to_query_from_indices_inverts_the_matching():
+    # CT-CL's own matching (all instances, unpadded masks) lives in CTVISModel._ctcl_matching and is
+    # tested in tests/test_model.py; this is the index inversion it relies on.
     gen = torch.Generator().manual_seed(7)
-    clips = [random_clip(gen, frames=3, instances=3), random_clip(gen, frames=3, instances=2)]
-    logits, masks = predictions(gen, 6, requires_grad=False)
+    clips = [random_clip(gen, frames=3, instances=3)]
+    logits, masks = predictions(gen, 3, requires_grad=False)
     matcher = HungarianMatcher(MatcherConfig(num_points=128))
-    gt_to_query, valid = match_clips_for_ctcl(
-        matcher, logits.view(2, 3, 6, 5), masks.view(2, 3, 6, 8, 8), clips, torch.Generator().manual_seed(0)
-    )
-    assert gt_to_query.shape == valid.shape == (2, 3, 3)
-    assert not valid[1, :, 2].any()  # padding column of the 2-instance clip
-    assert torch.equal(valid[0], clips[0]["ids"] != -1)
-    # The same matching by hand: every instance (absent ones too) gets a distinct query.
     indices = matcher(logits, masks, frame_targets_from_clips(clips, keep_absent=True), torch.Generator().manual_seed(0))
+    gt_to_query = gt_to_query_from_indices(indices, 3)
     for image, (rows, cols) in enumerate(indices):
-        b, t = divmod(image, 3)
         expected = rows[torch.argsort(cols)]
-        assert torch.equal(gt_to_query[b, t, : len(cols)], expected)
-        assert len(set(gt_to_query[b, t, : len(cols)].tolist())) == len(cols)
+        assert torch.equal(gt_to_query[image, : len(cols)], expected)
+        assert len(set(gt_to_query[image, : len(cols)].tolist())) == len(cols)
     with pytest.raises(ValueError, match="covers targets"):
         gt_to_query_from_indices([(torch.tensor([0]), torch.tensor([1]))], 2)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
-                            _row_pixel_counts, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep,
+                            _band_pixel_counts, band_height, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep,
                             track_video)
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
@@ -311,13 +311,16 @@ def test_mask_nms_matches_pairwise_definition():
             assert mask_nms_keep(masks, thr).tolist() == _pairwise_nms(masks, thr), (seed, thr)
 
 
-@pytest.mark.parametrize("width", [216, 8, 2040, 2048, 13])
-def test_row_pixel_counts_word_sums_equal_plain_counts(width):
+@pytest.mark.parametrize("height,width", [(120, 216), (6, 8), (5, 2040), (6, 2048), (7, 13), (4, 504), (8, 512)])
+def test_band_pixel_counts_word_sums_equal_plain_counts(height, width):
     rng = np.random.default_rng(width)
-    masks = rng.random((3, 5, width)) < 0.5
-    masks[1] = True                                         # full rows: the largest lane sums
-    assert np.array_equal(_row_pixel_counts(masks), masks.sum(axis=2))
-    assert np.array_equal(_row_pixel_counts(masks[:, :, ::-1]), masks.sum(axis=2))   # not contiguous
+    masks = rng.random((3, height, width)) < 0.5
+    masks[1] = True                                         # full bands: the largest lane sums
+    rows = band_height(height, width)
+    assert height % rows == 0 and rows * width < 2048 or rows == 1
+    expected = masks.reshape(3, height // rows, rows * width).sum(axis=2)
+    assert np.array_equal(_band_pixel_counts(masks), expected)
+    assert np.array_equal(_band_pixel_counts(masks[:, :, ::-1]), expected)   # not contiguous
 
 
 def test_binarize_equals_sigmoid_threshold_near_zero():

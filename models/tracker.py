@@ -58,6 +58,10 @@ def _ambiguous_logit(dtype: torch.dtype) -> float:
     return max(_SIGMOID_AMBIGUOUS_LOGIT, 8 * torch.finfo(dtype).eps)
 
 
+# Tests switch this off to run the accelerator code paths (torch calls throughout) on CPU.
+_HOST_FAST_PATHS = True
+
+
 def _numpy_view(tensor: Tensor) -> np.ndarray | None:
     """Zero-copy numpy view of a CPU tensor (dtype numpy knows), else None.
 
@@ -67,7 +71,7 @@ def _numpy_view(tensor: Tensor) -> np.ndarray | None:
     OpenMP parallel region whose barrier waits for a descheduled thread; measured). The results
     are the same booleans and integer counts; accelerators keep the torch path.
     """
-    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
+    if not _HOST_FAST_PATHS or tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
         return None
     return tensor.detach().numpy()
 
@@ -498,7 +502,8 @@ def greedy_match(match_scores: np.ndarray, exist_frames: np.ndarray, score_thr: 
     other ones by the mean of those weights; the *weighted* maximum is compared with the
     threshold. A matched column is zeroed for every other row.
     """
-    scores = match_scores.astype(np.float32, copy=True)
+    # Read-only in the fast pass; the row-by-row fallbacks zero columns in a copy.
+    scores = np.asarray(match_scores, dtype=np.float32)
     weights = exist_frames.astype(np.float32)
     matched = np.full(scores.shape[0], -1, dtype=np.int64)
     threshold = np.float32(score_thr)
@@ -514,8 +519,9 @@ def greedy_match(match_scores: np.ndarray, exist_frames: np.ndarray, score_thr: 
     # column elsewhere in the row scores 0 (both weighted and not, given threshold >= 0), which is
     # patched in by zeroing that column. A row whose set lost a column is recomputed alone.
     # The mean weight is a sum of integer frame counts: exact in float32 (below 2^24) in any order.
-    exact_sums = float(weights.sum(dtype=np.float64)) < 2 ** 24
+    exact_sums = int(exist_frames.sum()) < 2 ** 24
     if threshold < 0 or not exact_sums:
+        scores = scores.copy()
         for row in rows:
             _greedy_row(scores, weights, threshold, frame_weight, row, matched)
         return matched
@@ -533,6 +539,7 @@ def greedy_match(match_scores: np.ndarray, exist_frames: np.ndarray, score_thr: 
         weighted = candidates
     if np.isnan(weighted).any():
         # NaN scores: keep numpy's argmax semantics (the first NaN wins) by the row-by-row pass.
+        scores = scores.copy()
         for row in rows:
             _greedy_row(scores, weights, threshold, frame_weight, row, matched)
         return matched
@@ -891,8 +898,9 @@ class VideoTracker:
 
     def live_ids(self) -> Tensor:
         """(M,) ids of the tracklets currently in the memory bank, in insertion order."""
+        # ``ids`` is a fresh array (a gather): the tensor shares nothing with the bank.
         ids = self._memory.ids if self._memory is not None else np.zeros(0, dtype=np.int64)
-        return torch.from_numpy(ids.copy())
+        return torch.from_numpy(ids)
 
     def _check_clip(self, pred_logits: Tensor, pred_masks: Tensor, pred_embeds: Tensor) -> None:
         num_frames = pred_logits.shape[0] if pred_logits.dim() == 3 else 1

@@ -292,7 +292,8 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
     (t, Q, h, w), "pred_embeds": (t, Q, C)} is the caller's network (normalised, padded input).
     ``frames`` is either a (T, 3, H_pad, W_pad) tensor (fed ``chunk_size`` frames at a time, e.g.
     kept on the CPU and moved to ``device`` per chunk) or an iterable of such clips. Each chunk's
-    outputs go frame by frame through the streaming tracker; then the tracks are post-processed.
+    outputs go through the streaming tracker (``VideoTracker.step_clip``, which copies the masks it
+    keeps, so the chunk's outputs are freed); then the tracks are post-processed.
     """
     if chunk_size < 1:
         raise ValueError(f"infer_video: chunk_size must be >= 1, got {chunk_size}")
@@ -319,8 +320,7 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
             if outputs[key].shape[0] != clip.shape[0]:
                 raise ValueError(f"infer_video: clip {clip_index} {key} has {outputs[key].shape[0]} frames, "
                                  f"expected {clip.shape[0]}")
-        for t in range(clip.shape[0]):
-            tracker.step(outputs["pred_logits"][t], outputs["pred_masks"][t], outputs["pred_embeds"][t])
+        tracker.step_clip(outputs["pred_logits"], outputs["pred_masks"], outputs["pred_embeds"])
     if padded_size is None:
         raise ValueError("infer_video: the video has no frames")
     tracks = tracker.finalize()

@@ -11,6 +11,7 @@ import torch
 from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
                             _band_pixel_counts, band_height, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep,
                             track_video)
+import models.tracker as tracker_module
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
 
@@ -359,3 +360,89 @@ def test_cuda_matches_cpu(fixture):
     assert [r.assigned_ids.tolist() for r in cpu_results] == [r.assigned_ids.tolist() for r in gpu_results]
     torch.testing.assert_close(gpu_tracks.pred_logits.cpu(), cpu_tracks.pred_logits, atol=1e-6, rtol=0)
     assert torch.equal(gpu_tracks.pred_masks.cpu(), cpu_tracks.pred_masks)
+
+
+def _results_equal(a_results, b_results):
+    assert [r.frame_index for r in a_results] == [r.frame_index for r in b_results]
+    for a, b in zip(a_results, b_results):
+        assert torch.equal(a.assigned_ids, b.assigned_ids)
+        assert torch.equal(a.query_indices, b.query_indices) and torch.equal(a.track_ids, b.track_ids)
+        assert torch.equal(a.live_ids, b.live_ids)
+
+
+@pytest.mark.parametrize("variant", [{}, {"embed_type": "temporally_weighted"}, {"match_type": "hungarian"}],
+                         ids=["default", "temporally_weighted", "hungarian"])
+def test_step_clip_equals_single_steps_whatever_the_split(variant):
+    """step_clip over clips of any length, with or without copies of the masks, gives what one
+    step() per frame gives, bit for bit (the detection stage is batched over the clip)."""
+    config = TrackerConfig(num_classes=40, **variant)
+    logits, masks, embeds = synthetic_detections(23, seed=4)
+    single = VideoTracker(config)
+    single_results = [single.step(logits[t], masks[t], embeds[t]) for t in range(23)]
+    single_tracks = single.finalize()
+    for clip_length, copy_masks in ((2, True), (5, True), (7, False), (23, False)):
+        tracker = VideoTracker(config, copy_masks=copy_masks)
+        results = []
+        for start in range(0, 23, clip_length):
+            results.extend(tracker.step_clip(logits[start:start + clip_length], masks[start:start + clip_length],
+                                             embeds[start:start + clip_length]))
+        _results_equal(results, single_results)
+        tracks = tracker.finalize()
+        assert torch.equal(tracks.track_ids, single_tracks.track_ids)
+        assert torch.equal(tracks.pred_logits, single_tracks.pred_logits)
+        assert torch.equal(tracks.pred_masks, single_tracks.pred_masks)
+    for frames_per_step in (1, 4, 30):
+        tracks, results = track_video(config, logits, masks, embeds, frames_per_step=frames_per_step)
+        _results_equal(results, single_results)
+        assert torch.equal(tracks.pred_masks, single_tracks.pred_masks)
+
+
+def test_copied_masks_survive_the_caller_reusing_its_buffer():
+    """By default the tracker copies what it keeps: the caller may overwrite its frame tensors.
+    With copy_masks=False it keeps references (what track_video does with a whole-video tensor)."""
+    config = TrackerConfig(num_classes=40)
+    logits, masks, embeds = synthetic_detections(6, seed=2)
+    expected, _ = track_video(config, logits, masks, embeds)
+    tracker = VideoTracker(config)
+    buffer = torch.empty_like(masks[:2])
+    for start in range(0, 6, 2):
+        buffer.copy_(masks[start:start + 2])
+        tracker.step_clip(logits[start:start + 2], buffer, embeds[start:start + 2])
+    buffer.fill_(-7.0)
+    assert torch.equal(tracker.finalize().pred_masks, expected.pred_masks)
+    with pytest.raises(ValueError, match="copy_masks=False"):
+        VideoTracker(config, mask_storage_device="meta", copy_masks=False).step(logits[0], masks[0], embeds[0])
+
+
+def test_few_tracked_candidates_are_compacted():
+    """When under half of a clip's candidates get a track, only the tracked masks are kept."""
+    config = TrackerConfig(num_classes=40, init_score_thr=0.6)
+    logits, masks, embeds = synthetic_detections(12, num_distractors=20, seed=6)
+    tracker = VideoTracker(config)
+    results = tracker.step_clip(logits, masks, embeds)
+    kept_rows = sum(frame_masks.shape[0] for frame_masks in tracker._frame_masks)
+    tracked = sum(r.track_ids.numel() for r in results)
+    selected = sum(int((r.assigned_ids >= REMOVED_BY_NMS).sum()) for r in results)
+    assert 2 * tracked < selected and kept_rows == tracked
+    assigned, live, track_ids, out_logits, out_masks = oracle_track(config, logits, masks, embeds)
+    np.testing.assert_array_equal(np.stack([r.assigned_ids.numpy() for r in results]), np.array(assigned))
+    tracks = tracker.finalize()
+    assert torch.equal(tracks.track_ids, track_ids) and torch.equal(tracks.pred_masks, out_masks)
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_accelerator_code_path_matches_loop_oracle_on_cpu(variant, monkeypatch):
+    """The torch-only code path (what runs on CUDA) with the numpy shortcuts switched off, on CPU:
+    the same decisions as the loop oracle, streaming in clips and with copies."""
+    monkeypatch.setattr(tracker_module, "_HOST_FAST_PATHS", False)
+    config = TrackerConfig(num_classes=40, **variant)
+    logits, masks, embeds = synthetic_detections(24, seed=0)
+    tracker = VideoTracker(config)
+    results = tracker.step_clip(logits[:10], masks[:10], embeds[:10]) + tracker.step_clip(
+        logits[10:], masks[10:], embeds[10:])
+    assigned, live, track_ids, out_logits, out_masks = oracle_track(config, logits, masks, embeds)
+    np.testing.assert_array_equal(np.stack([r.assigned_ids.numpy() for r in results]), np.array(assigned))
+    assert [r.live_ids.tolist() for r in results] == live
+    tracks = tracker.finalize()
+    assert torch.equal(tracks.track_ids, track_ids)
+    assert torch.equal(tracks.pred_logits, out_logits) and torch.equal(tracks.pred_masks, out_masks)

@@ -5,8 +5,10 @@ same synthetic video, with identical results asserted.
     /work/main/.venv/bin/python benchmarks/bench_tracker.py [--repeats 3]
 
 Prints one JSON line. Cases: tracker over 36 frames and over 100 frames (100 queries, 120x216 mask
-logits, 256-d embeddings, 40 classes); post-processing of the 36-frame tracks to 480x864 (padded =
-image = output size, top-40).
+logits, 256-d embeddings, 40 classes): whole-video ``track_video`` (keeps references to the input,
+as the released code does), and streaming (``VideoTracker.step_clip`` on 5-frame clips as
+``infer_video`` feeds it, and one frame per call; both keep copies of the masks); post-processing
+of the 36-frame tracks to 480x864 (padded = image = output size, top-40).
 
 Times are the minimum over the repeats (the machine is shared). The tracker and the post-processing
 return compact outputs; ``*_dense_*`` figures add materialising the dense tensors the released code
@@ -27,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.tracker import TrackerConfig, track_video  # noqa: E402
+from models.tracker import TrackerConfig, VideoTracker, track_video  # noqa: E402
 from models.video_inference import inference_tracks  # noqa: E402
 from tests.tracker_oracle import oracle_inference_video, oracle_track, synthetic_detections  # noqa: E402
 
@@ -57,10 +59,24 @@ def bench_tracker(config, logits, masks, embeds, repeats):
     assert torch.equal(tracks.track_ids, track_ids)
     assert torch.equal(tracks.pred_logits, out_logits) and torch.equal(tracks.pred_masks, out_masks)
     kept = float(np.mean([(r.assigned_ids >= -2).sum().item() for r in results]))
+
+    def streaming(clip_length):
+        # What infer_video does: clips of the network's output, the tracker keeps copies of its masks.
+        tracker = VideoTracker(config)
+        for start in range(0, logits.shape[0], clip_length):
+            clip = slice(start, start + clip_length)
+            tracker.step_clip(logits[clip], masks[clip], embeds[clip])
+        return tracker.finalize()
+
+    stream5_s, stream5 = best_time(lambda: streaming(5), repeats)
+    stream1_s, stream1 = best_time(lambda: streaming(1), repeats)
+    assert torch.equal(stream5.pred_masks, out_masks) and torch.equal(stream1.pred_masks, out_masks)
     return tracks, {"frames": int(logits.shape[0]), "tracks": len(tracks), "selected_per_frame": round(kept, 1),
                     "loop_s": round(loop_s, 4), "vectorised_s": round(fast_s, 4),
                     "speedup": round(loop_s / fast_s, 1), "vectorised_dense_masks_s": round(dense_s, 4),
-                    "speedup_dense_masks": round(loop_s / dense_s, 1)}
+                    "speedup_dense_masks": round(loop_s / dense_s, 1),
+                    "streaming_5_frame_clips_s": round(stream5_s, 4), "speedup_streaming_5": round(loop_s / stream5_s, 1),
+                    "streaming_1_frame_s": round(stream1_s, 4), "speedup_streaming_1": round(loop_s / stream1_s, 1)}
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Online tracker of CTVIS: per-frame detections -> video-level tracks, at parity with the released
 ``SimpleTracker`` + ``MemoryBank`` (IDOL-style association with a memory bank of re-id embeddings).
 
-The tracker is a streaming state object, :class:`VideoTracker`: ``step()`` consumes ONE frame and
+The tracker is a streaming state object, :class:`VideoTracker`: ``step()`` consumes ONE frame,
+``step_clip()`` a clip of frames (bit for bit the same as one ``step()`` per frame), and
 ``current_tracks()`` / ``finalize()`` return the video-level outputs for the frames seen so far.
 :func:`track_video` runs it over a whole video. Shapes use fixed letters: T frames, Q queries,
 K classes (K+1 logits, no-object last), C embedding channels, h, w mask size, M memory-bank
@@ -9,22 +10,26 @@ tracklets, N output tracks.
 
 Where the work goes (and why it is fast):
 
-* per frame, only the selected detections' masks are read (one gather), binarised and counted
-  per band of rows; the pairwise mask IoU is exact from the areas for pairs sharing no band, bounded for the
-  rest, and an integer intersection is computed only for the few pairs the bound cannot settle.
-  On CPU these full-mask passes run on numpy views (see ``_numpy_view``);
+* the detection stage (score sort, select threshold, mask NMS) does not depend on the tracks, so
+  it runs for a clip of frames at once: only the selected detections' masks are read (one gather
+  per frame, into reused buffers: on this kind of machine writing into fresh pages costs more than
+  the copy), binarised and counted per band of rows; the pairwise mask IoU is exact from the areas
+  for pairs sharing no band, bounded for the rest, and an integer intersection is computed only for
+  the few pairs the bound cannot settle. On CPU these full-mask passes run on numpy views (see
+  ``_numpy_view``);
 * the bi-softmax / cosine match matrix and the memory-bank update of all matched tracklets are
   a few batched ops on the state's device; the bank lives in preallocated slots. On CPU (float32 /
-  float64) everything exact in numpy (sorting distinct scores, gathers, scatters, elementwise
-  arithmetic) runs on numpy views, and only the ops numpy rounds differently (softmax, norm,
-  matrix products, sums) stay torch calls: about 7 torch calls per frame instead of ~40;
-* the inherently sequential decisions (greedy NMS over the QxQ overlap matrix, greedy matching in
-  score order) run on small host copies of those matrices, one transfer each per frame; greedy
-  matching weights every candidate row at once and recomputes only rows a taken column affects;
-* nothing grows with the video inside a step: the tracked masks are kept as one small tensor per
-  frame and :class:`VideoTracks` reads them in place (the dense (N, T, h, w) tensor is only built
-  when asked for); the video bookkeeping (which track is present in which frame, noise-track
-  deletion) is a few integer arrays.
+  float64) the exact numpy work (sorting distinct scores, gathers, scatters, elementwise
+  arithmetic) runs on numpy views, and the ops whose rounding the released code fixes (softmax,
+  the match matrix product, norms) stay torch calls;
+* the inherently sequential decisions (greedy NMS, greedy matching in score order) run on small
+  host copies; NMS settles position i of every frame of a clip at once; greedy matching takes
+  each row's first choice unless a taken column makes it look again;
+* nothing grows with the video inside a step and no mask is copied twice: the tracked masks stay
+  in the clip's candidate copy (or, in :func:`track_video`, in the caller's whole-video tensor)
+  and :class:`VideoTracks` reads them in place (the dense (N, T, h, w) tensor is only built when
+  asked for); the video bookkeeping (which track is present in which frame, noise-track deletion)
+  is a few integer arrays.
 
 Semantics follow the released code, including its quirks (documented where they matter):
 ``-3/-2/-1`` diagnostic codes, "keep the top detection when none passes the select threshold",

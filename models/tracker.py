@@ -649,7 +649,7 @@ class _MemoryBank:
     (similarity_guided: the released code normalises the cached embeddings again every frame;
     normalising each once gives the same values), or the raw embeddings plus the score as an extra
     channel (temporally_weighted); nothing otherwise. similarity_guided only sums over its entries,
-    so they form a ring (the new entry overwrites the oldest in place, ``cache_next``); the
+    so they form a ring (the new entry overwrites the oldest in place, see ``cache_position``); the
     temporal weights depend on recency, so temporally_weighted keeps its entries right-aligned (the
     newest last, zeros before the first) and appending is a shift. Empty positions hold zeros.
     """
@@ -662,8 +662,6 @@ class _MemoryBank:
         self.slot_ids = np.full(capacity, -1, dtype=np.int64)        # id held by each slot
         self.exist_frames = np.zeros(capacity, dtype=np.int64)       # frames seen, per slot
         self.last_frame = np.zeros(capacity, dtype=np.int64)
-        self.cache_len = np.zeros(capacity, dtype=np.int64)          # valid cache positions
-        self.cache_next = np.zeros(capacity, dtype=np.int64)         # ring position written next
         self.slot_of_id = np.full(0, -1, dtype=np.int64)             # track id -> slot or -1
         self.free_slots: list[int] = []
         self.used_slots = 0                                          # slots ever handed out
@@ -679,6 +677,15 @@ class _MemoryBank:
 
     def __len__(self) -> int:
         return int(self.order.shape[0])
+
+    # Every update of a slot writes one cache entry, so the cache state follows from exist_frames.
+    def cache_length(self, slots: np.ndarray) -> np.ndarray:
+        """(n,) valid cache entries of the slots (before this frame's update)."""
+        return np.minimum(self.exist_frames[slots], self.config.max_cache)
+
+    def cache_position(self, slots: np.ndarray) -> np.ndarray:
+        """(n,) ring position the next similarity_guided entry goes to (the oldest, or an empty one)."""
+        return self.exist_frames[slots] % self.config.max_cache
 
     def _refresh_host_views(self) -> None:
         """Numpy views of the slot tensors (CPU float32/float64, else None), made once per growth
@@ -704,7 +711,7 @@ class _MemoryBank:
         # weights = cached scores + (1/c, ..., 1) over the c cached frames; zero in empty positions
         # (their score and temporal weight are both 0), so no mask is needed.
         rows = self.cache.index_select(0, order)                                       # (M, L, C+1)
-        lengths = torch.from_numpy(self.cache_len[self.order]).to(order.device)
+        lengths = torch.from_numpy(self.cache_length(self.order)).to(order.device)
         weights = rows[:, :, self.embed_dim] + self.temporal_table.index_select(0, lengths)
         return (rows[:, :, :self.embed_dim] * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True)
 
@@ -719,7 +726,7 @@ class _MemoryBank:
             grown = max(self.used_slots, 2 * capacity)
             extra = grown - capacity
             self.slot_ids = np.concatenate([self.slot_ids, np.full(extra, -1, dtype=np.int64)])
-            for name in ("exist_frames", "last_frame", "cache_len", "cache_next"):
+            for name in ("exist_frames", "last_frame"):
                 setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype=np.int64)]))
             self.cache = torch.cat([self.cache, self.cache.new_zeros(extra, *self.cache.shape[1:])])
             self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(extra, self.embed_dim)])
@@ -733,8 +740,6 @@ class _MemoryBank:
                 self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
         self.slot_ids[slots] = track_ids
         self.exist_frames[slots] = 0
-        self.cache_len[slots] = 0
-        self.cache_next[slots] = 0
         largest = int(track_ids.max()) + 1
         if self.slot_of_id.size < largest:
             grown_ids = np.full(max(largest, 2 * self.slot_of_id.size), -1, dtype=np.int64)
@@ -761,8 +766,6 @@ class _MemoryBank:
             self._update_host(slots, new, embeds, embeds_host, fused_host)
         else:
             self._update_torch(slots, new, scores, embeds)
-        self.cache_len[slots] = np.minimum(self.cache_len[slots] + 1, config.max_cache)
-        self.cache_next[slots] = (self.cache_next[slots] + 1) % config.max_cache
         self.exist_frames[slots] += 1
         self.last_frame[slots] = frame_index
 
@@ -784,11 +787,11 @@ class _MemoryBank:
             unit = embeds_host / np.maximum(norms, np.asarray(1e-12, dtype=norms.dtype))
             # Mean cosine with the cached (earlier) entries; empty positions hold zeros.
             similarity = np.matmul(cache_host[slots], unit[:, :, None])[:, :, 0].sum(axis=1)     # (n,)
-            similarity = similarity / self.cache_len[slots].clip(min=1).astype(similarity.dtype)
+            similarity = similarity / self.cache_length(slots).clip(min=1).astype(similarity.dtype)
             beta = np.where(similarity > 0, similarity, 0).astype(similarity.dtype)[:, None]
             fused = (1 - beta) * fused_host[slots] + beta * embeds_host
             fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
-            cache_host[slots, self.cache_next[slots]] = unit
+            cache_host[slots, self.cache_position(slots)] = unit
         elif config.embed_type == "momentum":
             fused = (1 - config.momentum) * fused_host[slots] + config.momentum * embeds_host
             fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
@@ -807,13 +810,13 @@ class _MemoryBank:
             # Empty cache positions hold zeros: their cosine is 0 and adds nothing to the sum.
             unit = F.normalize(embeds, dim=-1)
             cos = torch.einsum("nlc,nc->nl", cache_rows, unit)
-            count = torch.from_numpy(self.cache_len[slots].clip(min=1)).to(device)
+            count = torch.from_numpy(self.cache_length(slots).clip(min=1)).to(device)
             similarity = cos.sum(1) / count
             beta = torch.where(similarity > 0, similarity, torch.zeros((), dtype=cos.dtype, device=device))[:, None]
             fused = (1 - beta) * self.fused_embeds.index_select(0, slots_t) + beta * embeds
             self.fused_embeds.index_copy_(0, slots_t, torch.where(first_time, embeds, fused))
             # Ring cache: the new entry overwrites the oldest.
-            self.cache[slots_t, torch.from_numpy(self.cache_next[slots]).to(device)] = unit
+            self.cache[slots_t, torch.from_numpy(self.cache_position(slots)).to(device)] = unit
             return
         elif config.embed_type == "momentum":
             fused = (1 - config.momentum) * self.fused_embeds.index_select(0, slots_t) + config.momentum * embeds
@@ -1013,7 +1016,7 @@ class VideoTracker:
         offsets = np.concatenate([[0], np.cumsum(num_selected)])
         queries = order[selected]                                                            # (S,) frame-major
         flat_rows = (np.arange(num_frames)[:, None] * num_queries + order)[selected]
-        binary, band_counts, masks = self._candidate_masks(pred_masks, order, num_selected, offsets)
+        binary, band_counts, masks = self._candidate_masks(pred_masks, order, num_selected, offsets, flat_rows)
         keep = clip_mask_nms_keep(binary, offsets, config.mask_nms_thr, band_counts)
         # The survivors' logits and embeddings, in one gather each for the clip.
         kept_rows = flat_rows[keep]
@@ -1027,7 +1030,7 @@ class VideoTracker:
                                kept_logits_host=_numpy_view(kept_logits), kept_embeds_host=_numpy_view(kept_embeds))
 
     def _candidate_masks(self, pred_masks: Tensor, order: np.ndarray, num_selected: np.ndarray,
-                         offsets: np.ndarray) -> tuple[Tensor, np.ndarray | None, Tensor | None]:
+                         offsets: np.ndarray, flat_rows: np.ndarray) -> tuple[Tensor, np.ndarray | None, Tensor | None]:
         """The clip's candidates' binary masks (S, h, w), their per-band pixel counts (CPU only,
         else None) and, when the tracker keeps copies, their mask logits (S, h, w): the only
         copy of mask data the tracker makes.
@@ -1041,8 +1044,6 @@ class VideoTracker:
         total = int(offsets[-1])
         frames_host = _numpy_view(pred_masks)
         if frames_host is None:
-            flat_rows = (np.arange(num_frames)[:, None] * num_queries + order)[
-                np.arange(num_queries)[None, :] < num_selected[:, None]]
             masks = _gather_rows(pred_masks.reshape(num_frames * num_queries, *pred_masks.shape[2:]), flat_rows)
             return binarize_mask_logits(masks), None, (masks if self.copy_masks else None)
         mask_shape = pred_masks.shape[2:]

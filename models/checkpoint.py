@@ -169,7 +169,10 @@ def read_official_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise ValueError(f"{path}: refused to load (weights_only): {error}") from error
+            # torch's message suggests loading unsafely; pass on only what the file asked for.
+            found = re.search(r"(?i)unsupported(?: global:)? GLOBAL ([\w.]+)", str(error))
+            what = f"it references {found.group(1)}" if found else "it holds objects other than tensors"
+            raise ValueError(f"{path}: refused: a weights-only load failed ({what})") from None
     elif suffix == ".pkl":
         try:
             obj = safe_load_pickle(path.read_bytes())

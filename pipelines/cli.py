@@ -35,14 +35,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM (e.g. `ray job stop`, `kill`): unwinds like Ctrl-C so that runs are closed cleanly."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated(128 + signum)
+
+
+# Errors that are the user's environment, not a bug: one line on stderr, exit status 2.
+# (botocore's errors are matched by name so that this module imports nothing heavy.)
+_ENVIRONMENT_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "EndpointConnectionError",
+                       "ConnectTimeoutError", "ReadTimeoutError", "ClientError", "NoRegionError",
+                       "ProfileNotFound", "InvalidEndpointError"}
+
+
+def _is_environment_error(error: BaseException) -> bool:
+    return isinstance(error, OSError) or any(cls.__name__ in _ENVIRONMENT_ERRORS for cls in type(error).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines import redaction
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Nothing this process prints may show a secret, including secrets given on its command line.
+    for token in argv:
+        redaction.redact_override(token)
+    restore_streams = redaction.install_redacting_streams()
+    try:
+        return _run_verb(argv)
+    finally:
+        restore_streams()
+
+
+def _run_verb(argv: list[str]) -> int:
+    from pipelines import redaction
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()
         return 0
+    import signal
+    import threading
+
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    name = f"ctvis {args.verb}" + (f" {args.data_command}" if getattr(args, "data_command", None) else "")
     module = importlib.import_module(args._verb_module)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Terminated as stop:
+        print(f"{name}: terminated", file=sys.stderr, flush=True)
+        return int(stop.code)
+    except Exception as error:  # noqa: BLE001 - only the environment's errors are turned into one line
+        if not _is_environment_error(error):
+            raise
+        print(f"{name}: error: {redaction.redact(error)}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

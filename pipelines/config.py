@@ -27,9 +27,15 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from pipelines.redaction import is_secret_key, redact, redact_override
+
 
 class ConfigError(ValueError):
-    """A config problem, always naming the file (or `<overrides>`) and the dotted key."""
+    """A config problem, always naming the file (or `<overrides>`) and the dotted key. The message
+    never holds a secret (it is redacted when the error is made)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +145,8 @@ class ScheduleConfig(_Strict):
         if list(self.steps) != sorted(self.steps):
             raise ValueError(f"steps must be increasing, got {list(self.steps)}")
         if any(s > self.max_iter for s in self.steps):
-            raise ValueError(f"steps {list(self.steps)} must not exceed max_iter {self.max_iter}")
+            raise ValueError(f"steps {list(self.steps)} must not exceed max_iter {self.max_iter}: set "
+                             f"train.schedule.steps too (or override only train.schedule.max_iter, which scales them)")
         return self
 
 
@@ -186,6 +193,8 @@ class ComputeConfig(_Strict):
     max_failures: int = Field(default=3, ge=0)
     cpus_per_decoder: float = Field(default=0.25, gt=0, description="CPUs of each Ray Data clip-decoder actor")
     data_cpu_limit: Optional[float] = Field(default=None, gt=0, description="cap on the CPUs Ray Data may use per worker")
+    stall_timeout_s: float = Field(default=300.0, gt=0, description="the driver warns (with what the cluster waits "
+                                   "for) when no training step completes for this long")
 
 
 class TrackingConfig(_Strict):
@@ -295,6 +304,7 @@ class Experiment:
     model: Any  # models.presets.CTVISConfig (frozen dataclass)
     platform: PlatformConfig
     source: str
+    notes: tuple[str, ...] = ()  # what resolving the config decided for the user (e.g. a scaled schedule)
 
     @property
     def data(self) -> DataConfig:
@@ -325,6 +335,9 @@ class Experiment:
         model = _plain(dataclasses.asdict(self.model))
         model = {"preset": self.model_preset, **model}
         platform = self.platform.model_dump(mode="json")
+        endpoint = platform["storage"]["s3"].get("endpoint_url")
+        if endpoint and not reveal_secrets:
+            platform["storage"]["s3"]["endpoint_url"] = redact(endpoint)  # user:pass@ in the URL
         if reveal_secrets:
             s3 = self.platform.storage.s3
             for field in ("access_key_id", "secret_access_key"):
@@ -450,9 +463,12 @@ def build_experiment(
     """Validate a raw experiment mapping. `preset_table` defaults to `models.presets.PRESETS`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    notes: list[str] = []
     if overrides:
-        source = f"{source} (with overrides {' '.join(overrides)})"
+        source = f"{source} (with overrides {' '.join(map(redact_override, overrides))})"
+        original = raw
         raw = apply_overrides(raw, list(overrides), source)
+        notes += _scale_schedule(original, raw, overrides)
     for key in raw:
         if key not in _TOP_LEVEL_KEYS:
             raise ConfigError(f"{source}: {key}: unknown key{_suggest(key, list(_TOP_LEVEL_KEYS))}")
@@ -479,7 +495,30 @@ def build_experiment(
         platform = PlatformConfig.model_validate(_lists_to_tuples(platform_raw))
     except pydantic.ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
-    return Experiment(name, description, preset_name, model, platform, source)
+    return Experiment(name, description, preset_name, model, platform, source, tuple(notes))
+
+
+def _scale_schedule(original: dict[str, Any], raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """A run made shorter or longer with only `train.schedule.max_iter=N` keeps its learning-rate
+    schedule's shape: the decay `steps` are scaled by N / the file's max_iter (in `raw`, in place).
+    Returns a note saying so. Setting `train.schedule.steps` (or the whole schedule) turns this off."""
+    keys = [parse_override(text)[0] for text in overrides]
+    if ["train", "schedule", "max_iter"] not in keys or any(k[:3] == ["train", "schedule", "steps"] or
+                                                            k in (["train"], ["train", "schedule"]) for k in keys):
+        return []
+    defaults = ScheduleConfig()
+    file_schedule = ((original.get("train") or {}).get("schedule") or {}) if isinstance(original.get("train"), dict) else {}
+    old_max = file_schedule.get("max_iter", defaults.max_iter)
+    steps = file_schedule.get("steps", list(defaults.steps))
+    schedule = raw["train"]["schedule"]
+    new_max = schedule.get("max_iter")
+    if not (isinstance(old_max, int) and isinstance(new_max, int) and old_max > 0 and new_max > 0
+            and isinstance(steps, list) and all(isinstance(v, int) for v in steps)) or new_max == old_max:
+        return []
+    scaled = [max(1, min(new_max, round(v * new_max / old_max))) for v in steps]
+    schedule["steps"] = scaled
+    return [f"train.schedule.max_iter {old_max} -> {new_max}: learning-rate decay steps scaled with it, "
+            f"{steps} -> {scaled} (set train.schedule.steps to choose them)"]
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -502,6 +541,8 @@ def _format_validation_error(exc: pydantic.ValidationError, source: str) -> str:
             msg = f"unknown key{_suggest(err['loc'][-1], names)}"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif is_secret_key(dotted):
+            msg = f"{msg} (value not shown: a secret)"
         else:
             msg = f"{msg} (got {err.get('input')!r})"
         lines.append(f"{source}: {dotted}: {msg}")

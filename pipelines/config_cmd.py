@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ctvis config: error: {exc}", file=sys.stderr)
         return 2
+    for note in experiment.notes:
+        print(f"ctvis config: note: {note}", file=sys.stderr)
     if args.hash:
         print(experiment.config_hash())
     elif args.format == "json":

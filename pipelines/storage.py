@@ -11,10 +11,11 @@ message goes through :func:`redact`.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
+import stat
 import posixpath
-import re
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -75,23 +76,12 @@ def configure_s3(options: S3Options) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-_SECRET_PATTERNS = [
-    # user:password@ in URIs
-    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@"), r"\g<scheme>***@"),
-    # query parameters that carry secrets
-    (re.compile(r"(?i)((?:access_key|secret_key|secret|token|password|signature|credential)[a-z_-]*=)[^&\s]+"), r"\1***"),
-]
-
-
 def redact(text: str) -> str:
-    """Remove credentials from a message: URI userinfo, secret query params, and the env's secrets."""
-    text = str(text)
-    for pattern, repl in _SECRET_PATTERNS:
-        text = pattern.sub(repl, text)
-    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
+    """Remove credentials from a message (see `pipelines.redaction`): URI userinfo, secret-named keys
+    and query parameters, the environment's secrets, and the configured S3 keys."""
+    from pipelines.redaction import redact as redact_text
+
+    text = redact_text(text)
     for value in (_default_options.access_key_id, _default_options.secret_access_key):
         if value and len(value) >= 4:
             text = text.replace(value, "***")
@@ -235,16 +225,48 @@ def read_json(uri: str, options: Optional[S3Options] = None) -> Any:
         raise StorageError(f"{redact(uri)}: not valid JSON: {exc}") from None
 
 
+def _check_replaceable(uri: str, target: Path) -> None:
+    """A local write may create a new path or replace a regular file, nothing else: renaming onto a
+    symlink would replace the link, onto a device or a directory would destroy it."""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = ("a symbolic link" if stat.S_ISLNK(info.st_mode) else "a directory" if stat.S_ISDIR(info.st_mode)
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a pipe" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+            else "not a regular file")
+    raise StorageError(f"{redact(uri)}: exists and is {kind}; refusing to replace it (write to a new path or to a "
+                       f"regular file)")
+
+
+def _write_local(uri: str, path: str, data: bytes) -> None:
+    """Temp file in the target's directory, then rename: a reader never sees a half-written file."""
+    target = Path(path)
+    _check_replaceable(uri, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _check_replaceable(uri, target)  # again: it may have appeared meanwhile
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes(uri: str, data: bytes, options: Optional[S3Options] = None) -> None:
-    """Write (or overwrite) a whole object. Local writes are atomic (temp file + rename)."""
+    """Write (or overwrite) a whole object. Local writes are atomic (temp file + rename) and replace
+    only regular files; an S3 object appears only once its upload completed."""
     scheme, path = split_uri(uri)
     try:
         if scheme == "file":
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            _write_local(uri, path, data)
             return
         fs, path = filesystem(uri, options)
         fs.pipe_file(path, data)
@@ -260,12 +282,44 @@ def write_json(uri: str, obj: Any, options: Optional[S3Options] = None, indent: 
     write_text(uri, json.dumps(obj, indent=indent), options)
 
 
+class _AtomicLocalWriter(io.BufferedWriter):
+    """Streaming local write into a temp file beside the target, renamed onto it on a clean close."""
+
+    def __init__(self, uri: str, path: str):
+        self._uri, self._target = uri, Path(path)
+        _check_replaceable(uri, self._target)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._target.with_name(f".{self._target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        super().__init__(io.FileIO(self._tmp, "wb"))
+        self._failed = False
+
+    def __exit__(self, exc_type, exc, tb):
+        self._failed = exc_type is not None
+        return super().__exit__(exc_type, exc, tb)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        if self._failed:
+            self._tmp.unlink(missing_ok=True)
+            return
+        try:
+            _check_replaceable(self._uri, self._target)
+            os.replace(self._tmp, self._target)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+
 def open_uri(uri: str, mode: str = "rb", options: Optional[S3Options] = None):
-    """A file object (context manager) for streaming reads/writes."""
+    """A file object (context manager) for streaming reads/writes. Local writes land atomically
+    (temp file + rename on a clean close) and only onto regular files or new paths."""
     fs, path = filesystem(uri, options)
     try:
-        if "w" in mode and split_uri(uri)[0] == "file":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if mode in ("wb", "w") and split_uri(uri)[0] == "file":
+            writer = _AtomicLocalWriter(uri, path)
+            return writer if mode == "wb" else io.TextIOWrapper(writer, encoding="utf-8")
         return fs.open(path, mode)
     except Exception as exc:  # noqa: BLE001
         raise _wrap(uri, f"open({mode})", exc) from None

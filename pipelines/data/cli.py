@@ -83,12 +83,16 @@ def _ingest(args) -> int:
 
     info = catalog.resolve_split(args.split, args.datasets_root, args.annotations, args.frames_root)
     if args.executor == "ray":
-        import ray
+        from pipelines.ray_runtime import connect
 
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address)
+        connect(args.ray_address, log_to_driver=False)  # RAY_ADDRESS, or a local Ray on 127.0.0.1 only
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     manifest = ingest.ingest(info, args.output, ingest.IngestOptions(
-        on_error=args.on_error, shard_mb=args.shard_mb, executor=args.executor, cpus_per_task=args.cpus_per_task))
+        on_error=args.on_error, shard_mb=args.shard_mb, executor=args.executor, cpus_per_task=args.cpus_per_task),
+        log=progress)
     print(json.dumps(_summary(manifest)))
     return 0
 

@@ -21,8 +21,10 @@ import hashlib
 import io
 import json
 import logging
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from pipelines import storage
 from pipelines.data import shards as shards_mod
@@ -190,6 +192,11 @@ def _video_row(video: VideoRecord, frames: list[bytes], log: ProblemLog, notes: 
                 inst_boxes.append(None)
                 continue
             area, box = inst.areas[t], inst.bboxes[t]
+            if box is not None and not _plausible_box(box, h, w):
+                log.report(Problem("invalid_bbox", f"video {video.video_id} annotation {inst.annotation_id} frame {t}: "
+                                   f"bbox {box} is not [x, y, width, height] inside the {w}x{h} frame (skip policy: "
+                                   f"replaced by the mask's box)", video.video_id, inst.annotation_id, t))
+                box = None
             if area is None or box is None:
                 computed_area, computed_box = rle_area_bbox(rle, h, w)
                 area = computed_area if area is None else area
@@ -212,6 +219,19 @@ def _video_row(video: VideoRecord, frames: list[bytes], log: ProblemLog, notes: 
         "iscrowd": crowd, "segmentations": segms, "areas": areas, "bboxes": bboxes,
         "occlusion": occl if any_occlusion else None,
     }
+
+
+_BOX_SLACK = 1.0  # pixels: polygon boxes may reach a pixel past the border
+
+
+def _plausible_box(box: Any, height: int, width: int) -> bool:
+    """[x, y, w, h]: four finite numbers, w and h >= 0, inside the frame (with a pixel of slack)."""
+    if not (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        return False
+    x, y, bw, bh = box
+    return (bw >= 0 and bh >= 0 and x >= -_BOX_SLACK and y >= -_BOX_SLACK
+            and x + bw <= width + _BOX_SLACK and y + bh <= height + _BOX_SLACK)
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +262,10 @@ def plan_shards(videos: list[VideoRecord], frames_per_shard: int, max_videos: in
     return groups
 
 
-def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions()) -> dict[str, Any]:
-    """Ingest the split `info` into shards under `output`; returns the manifest (also written there)."""
+def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(),
+           log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Ingest the split `info` into shards under `output`; returns the manifest (also written there).
+    `log` gets a progress line per finished shard (shards, videos, frames, elapsed, ETA)."""
     raw = storage.read_bytes(info.annotations)
     source_sha = hashlib.sha256(raw).hexdigest()
     try:
@@ -273,8 +295,14 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
             todo.append(job)
     resumed = len(summaries)
     logger.info("ingest %s: %d shards (%d already done)", info.name, len(jobs), resumed)
-    for summary in _run(todo, options):
+    started = time.monotonic()
+    for done, summary in enumerate(_run(todo, options), start=1):
         summaries[summary["index"]] = summary
+        if log is not None:
+            elapsed = time.monotonic() - started
+            eta = elapsed / done * (len(todo) - done)
+            log(f"ingest {info.name}: shard {len(summaries)}/{len(jobs)} ({summary['num_videos']} videos, "
+                f"{summary['num_frames']} frames), {elapsed:.0f} s, ETA {eta:.0f} s")
 
     ordered = [summaries[i] for i in range(len(jobs))]
     problems = [p.as_dict() for p in parsed.problems] + [p for s in ordered for p in s["problems"]]
@@ -314,7 +342,24 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
         "video_index": video_index,
     }
     storage.write_json(storage.join(output, shards_mod.MANIFEST_NAME), manifest)
+    _remove_stale_shards(output, {job.path for job in jobs})
     return manifest
+
+
+def _remove_stale_shards(output: str, current: set[str]) -> None:
+    """Shards (and their progress markers) of an earlier ingest into `output` that this plan did not
+    write (e.g. another --shard-mb): a reader of the directory must see only the manifest's shards."""
+    try:
+        entries = storage.ls(output)
+    except storage.StorageNotFound:
+        return
+    for uri in entries:
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("part-") and name.endswith(".parquet") and name not in current:
+            storage.remove(uri)
+            marker = storage.join(output, PROGRESS_DIR, name[: -len(".parquet")] + ".json")
+            if storage.exists(marker):
+                storage.remove(marker)
 
 
 STORAGE_ENV_PREFIXES = ("AWS_",)
@@ -348,8 +393,9 @@ def _run(jobs: list[ShardJob], options: IngestOptions):
         raise ValueError(f"executor: expected 'ray' or 'local', got {options.executor!r}")
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
+    from pipelines.ray_runtime import connect
+
+    connect()  # the cluster already connected to, RAY_ADDRESS, or a local Ray on 127.0.0.1
     extra = {"runtime_env": {"env_vars": dict(options.worker_env)}} if options.worker_env else {}
     remote = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=2,
                                              retry_exceptions=[OSError], **extra)

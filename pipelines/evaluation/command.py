@@ -130,7 +130,12 @@ def run(args: argparse.Namespace) -> int:
         if report.main is None:
             output["stats"] = {"mAP": scores["mAP"]}
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(output, handle, indent=1)
+        from pipelines import storage
+
+        try:
+            storage.write_text(args.output, json.dumps(output, indent=1))
+        except storage.StorageError as error:
+            print(f"ctvis eval: error: {error}", file=sys.stderr)
+            return 2
         print(f"metrics written to {args.output}")
     return 0

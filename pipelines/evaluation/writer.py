@@ -52,11 +52,12 @@ def video_results(video_id: int, scores: np.ndarray, labels: np.ndarray, masks: 
 
 def write_results(results: list[dict], path: str | os.PathLike) -> None:
     """Writes the results list as JSON (gzip-compressed when the name ends in .gz)."""
+    from pipelines import storage
+
     text = json.dumps(results).encode("utf-8")
     if str(path).endswith(".gz"):
         text = gzip.compress(text, compresslevel=6)
-    with open(path, "wb") as handle:
-        handle.write(text)
+    storage.write_bytes(os.fspath(path), text)  # atomic, never onto a link or a device
 
 
 def write_submission_zip(results: list[dict], path: str | os.PathLike) -> None:
@@ -64,5 +65,6 @@ def write_submission_zip(results: list[dict], path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("results.json", json.dumps(results))
-    with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    from pipelines import storage
+
+    storage.write_bytes(os.fspath(path), buffer.getvalue())

@@ -23,6 +23,14 @@ from typing import Any, Callable, Optional
 
 from pipelines import storage
 from pipelines.train import state
+from pipelines.train.preflight import (
+    PreflightError,
+    check_cluster,
+    check_init_weights,
+    check_static,
+    config_changes,
+    resolve_paths,
+)
 
 # the curves of the loss plot (the per-family sums over decoder layers, the re-id terms, the total)
 PLOTTED_LOSSES = ("loss_total", "loss_ce_all_layers", "loss_mask_all_layers", "loss_dice_all_layers", "loss_reid",
@@ -50,12 +58,6 @@ class TrainingSummary:
         return dataclasses.asdict(self)
 
 
-def _absolute(uri: str) -> str:
-    if storage.is_remote(uri) or uri.startswith("file://"):
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))
-
-
 def ray_storage(runs_root: str) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for `RunConfig`: a local path, or an S3 path without
     its scheme plus a pyarrow S3 filesystem (endpoint and region from the environment; credentials
@@ -67,32 +69,54 @@ def ray_storage(runs_root: str) -> tuple[str, Any]:
     return path, filesystem
 
 
-def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str, log: Callable[[str], None]) -> bool:
-    """Create or reattach the MLflow run; returns True when reattached."""
+def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str, log: Callable[[str], None],
+                    resume_changed: bool = False) -> bool:
+    """Create or reattach the MLflow run; returns True when reattached.
+
+    A run is continued only with the config it was started with: a different config hash is an
+    error naming the keys that differ, unless `resume_changed` (then the change is recorded in the run)."""
     from pipelines.tracking import experiment_tags
 
     mlflow_experiment = experiment.tracking.experiment_name or experiment.name
     info = state.read_run_info(runs_root, run_name)
+    where = storage.redact(state.run_dir(runs_root, run_name))
     if info is not None and info.get("finished"):
-        raise RuntimeError(
+        raise PreflightError(
             f"run '{run_name}' in {storage.redact(runs_root)} already finished (MLflow run {info.get('mlflow_run_id')}); "
-            f"set train.run_name=<new name> or remove {storage.redact(state.run_dir(runs_root, run_name))}")
+            f"set train.run_name=<new name> or remove {where}")
+    params = experiment.flat_params()
+    changes: list[str] = []
+    if info is not None and info.get("config_hash") not in (None, experiment.config_hash()):
+        changes = config_changes(info.get("config") or {}, params) or ["(the run was started before configs were "
+                                                                       "recorded: the hashes differ)"]
+        if not resume_changed:
+            listed = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12 else "")
+            raise PreflightError(
+                f"run '{run_name}' in {where} was started with another config ({listed}). Run it with the "
+                f"config it was started with, choose a new train.run_name, or pass --resume-changed to continue "
+                f"this run with the new config (recorded in its MLflow run)")
     if info is not None and info.get("mlflow_run_id") and info.get("tracking_uri") == tracker.tracking_uri:
         tracker.start(mlflow_experiment, run_id=info["mlflow_run_id"])
         starts = int(info.get("driver_starts", 1)) + 1
         tracker.set_tags({"driver_starts": starts})
-        state.write_run_info(runs_root, run_name, {**info, "driver_starts": starts, "updated_at": time.time()})
+        updated = {**info, "driver_starts": starts, "updated_at": time.time()}
+        if changes:
+            log(f"continuing run '{run_name}' with a changed config (--resume-changed): {'; '.join(changes)}")
+            tracker.set_tags({f"resume_changed_at_start_{starts}": "; ".join(changes)[:4900]})
+            tracker.log_text(experiment.to_yaml(), f"config/resolved_driver_start_{starts}.yaml")
+            updated.update(config_hash=experiment.config_hash(), config=params)
+        state.write_run_info(runs_root, run_name, updated)
         log(f"reattached to MLflow run {tracker.run_id} (driver start {starts})")
         return True
-    tags = {**experiment_tags(experiment), "ray_run_name": run_name,
-            "ray_run_dir": storage.redact(state.run_dir(runs_root, run_name))}
+    tags = {**experiment_tags(experiment), "ray_run_name": run_name, "ray_run_dir": where}
     tracker.start(mlflow_experiment, run_name=run_name, tags=tags)
     tracker.log_experiment_config(experiment)
     state.write_run_info(runs_root, run_name, {
         "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "experiment": experiment.name,
-        "config_hash": experiment.config_hash(), "driver_starts": 1, "created_at": time.time(), "finished": False,
+        "config_hash": experiment.config_hash(), "config": params, "driver_starts": 1, "created_at": time.time(),
+        "finished": False,
     })
-    log(f"MLflow run {tracker.run_id} ({tracker.tracking_uri})")
+    log(f"MLflow run {tracker.run_id} ({storage.redact(tracker.tracking_uri)})")
     return False
 
 
@@ -113,7 +137,7 @@ def _prune_checkpoints(runs_root: str, run_name: str, keep: int, log=print) -> N
 
 
 def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_uri: str, mlflow_run_id: str,
-                  worker_env: Optional[dict[str, str]] = None):
+                  worker_env: Optional[dict[str, str]] = None, init_weights: Any = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -133,6 +157,7 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
             "tracking_uri": tracking_uri,
             "mlflow_run_id": mlflow_run_id,
             "experiment_name": experiment.tracking.experiment_name or experiment.name,
+            "init_weights": init_weights,  # a pipelines.weights.WeightsSource, pinned by the driver
         },
         scaling_config=ScalingConfig(num_workers=compute.num_workers, use_gpu=compute.use_gpu,
                                      resources_per_worker=resources),
@@ -183,47 +208,50 @@ def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], fina
     return tracker.register_model(name, "model", description=description, tags=tags)
 
 
-def preflight(experiment: Any) -> None:
-    """Fail in the driver, before any worker starts, on what would make every worker fail."""
-    from pipelines.data.pipeline import load_train_manifests
+def prepare(experiment: Any, log: Callable[[str], None] = print) -> Any:
+    """The checks that need no Ray: absolute local paths, run storage that survives a job, shards,
+    batch divisibility (see `pipelines.train.preflight`). Returns the experiment with absolute paths."""
+    from pipelines.ray_runtime import in_ray_job
 
-    workers = experiment.compute.num_workers
-    if experiment.train.batch_size % workers:
-        raise ValueError(f"{experiment.source}: train.batch_size {experiment.train.batch_size} must be a multiple of "
-                         f"compute.num_workers {workers} (the batch is counted in clips across all workers)")
-    load_train_manifests(experiment.data.train)  # every training split needs ingested shards
-    val = experiment.data.val
-    if val is not None and not val.shards:
-        raise ValueError(f"{experiment.source}: data.val ({val.name}) has no `shards`: ingest it with `ctvis data "
-                         "ingest` and set data.val.shards (or data.val=null to train without validation)")
-    if val is not None and experiment.eval.benchmark not in ("ytvis", "ovis"):
-        raise ValueError(f"{experiment.source}: eval.benchmark {experiment.eval.benchmark!r}: validation during "
-                         "training supports ytvis and ovis")
+    storage.configure_s3(storage.S3Options.from_config(experiment.storage.s3))
+    experiment = resolve_paths(experiment, in_job=in_ray_job())
+    check_static(experiment)
+    return experiment
 
 
 def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None,
-                 log: Callable[[str], None] = print) -> TrainingSummary:
-    """Train `experiment` on the connected Ray cluster (or a local one), end to end."""
-    import ray
+                 log: Callable[[str], None] = print, ray_address: Optional[str] = None,
+                 resume_changed: bool = False) -> TrainingSummary:
+    """Train `experiment` on the connected Ray cluster (or a local one), end to end.
 
+    Every check runs before the MLflow run is created or a worker starts (`prepare`, then the
+    cluster's resources and the initial weights); while it trains, the driver prints progress
+    (step, loss, clips/s, ETA) and says when no step completes for `compute.stall_timeout_s`."""
+    from pipelines.ray_runtime import connect
     from pipelines.tracking import RunTracker
     from pipelines.train.visualize import loss_curve_plot
 
     started = time.time()
-    storage.configure_s3(storage.S3Options.from_config(experiment.storage.s3))
-    preflight(experiment)
-    runs_root = _absolute(experiment.storage.runs_root)
+    experiment = prepare(experiment, log)
+    runs_root = experiment.storage.runs_root
     run_name = experiment.train.run_name or experiment.name
+    cluster = connect(ray_address, log=log)
+    check_cluster(experiment, cluster, log)
     tracker = RunTracker(experiment.tracking.tracking_uri)
-    resumed = _start_tracking(experiment, tracker, runs_root, run_name, log)
-    if not ray.is_initialized():
-        ray.init()
+    init_weights = check_init_weights(experiment, tracker.tracking_uri, log)
+    resumed = _start_tracking(experiment, tracker, runs_root, run_name, log, resume_changed)
     trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=tracker.tracking_uri,
-                            mlflow_run_id=tracker.run_id, worker_env=worker_env)
+                            mlflow_run_id=tracker.run_id, worker_env=worker_env, init_weights=init_weights)
+    watchdog = ProgressWatchdog(runs_root, run_name, experiment.train.schedule.max_iter,
+                                experiment.compute.stall_timeout_s, log)
     try:
-        result = trainer.fit()
+        with watchdog:
+            result = trainer.fit()
         if getattr(result, "error", None) is not None:
             raise result.error
+    except (KeyboardInterrupt, SystemExit):
+        tracker.end("KILLED")  # stopped, not broken: running the same command again continues it
+        raise
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -253,11 +281,85 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
         wall_time_s=time.time() - started)
 
 
+class ProgressWatchdog:
+    """A driver thread that reads rank 0's progress file while `fit()` blocks: a line every
+    `interval_s` (step/max, loss, clips/s, ETA) and, when no step completes for `stall_timeout_s`,
+    a warning that says what the cluster is waiting for (repeated while the stall lasts)."""
+
+    def __init__(self, runs_root: str, run_name: str, max_iter: int, stall_timeout_s: float,
+                 log: Callable[[str], None], interval_s: float = 30.0, poll_s: float = 2.0):
+        import threading
+
+        self.runs_root, self.run_name, self.max_iter = runs_root, run_name, max_iter
+        self.stall_timeout_s, self.interval_s, self.poll_s = stall_timeout_s, interval_s, poll_s
+        self.log = log
+        self.warnings: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ctvis-progress", daemon=True)
+
+    def __enter__(self) -> "ProgressWatchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _read(self) -> Optional[dict]:
+        try:
+            return state.read_progress(self.runs_root, self.run_name)
+        except (storage.StorageError, ValueError):
+            return None  # storage hiccup or a file mid-write: try again next poll
+
+    def _watch(self) -> None:
+        begun = time.monotonic()
+        last_step, last_change = None, begun
+        last_line = begun
+        first = self._read()  # a previous driver's file: progress means a newer step than this
+        baseline_time = first.get("time") if first else None
+        while not self._stop.wait(self.poll_s):
+            progress = self._read()
+            if progress is not None and progress.get("time") == baseline_time:
+                progress = None
+            now = time.monotonic()
+            step = progress.get("step") if progress else None
+            if step != last_step:
+                last_step, last_change = step, now
+            if progress and now - last_line >= self.interval_s:
+                self.log(self.format(progress))
+                last_line = now
+            if now - last_change >= self.stall_timeout_s:
+                from pipelines.ray_runtime import resource_diagnosis
+
+                where = f"last at step {last_step}" if last_step is not None else "no step finished yet"
+                message = (f"warning: no training progress for {now - last_change:.0f} s ({where}); "
+                           f"{resource_diagnosis()}")
+                self.warnings.append(message)
+                self.log(message)
+                last_change = now
+
+    def format(self, progress: dict) -> str:
+        step, total = int(progress.get("step", 0)), self.max_iter
+        rate = progress.get("steps_per_s")
+        eta = f", ETA {_duration((total - step) / rate)}" if rate else ""
+        loss = progress.get("loss")
+        return (f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)"
+                + (f", loss {loss:.4f}" if loss is not None else "")
+                + (f", {progress['clips_per_s']:.1f} clips/s" if progress.get("clips_per_s") else "") + eta)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def format_summary(summary: TrainingSummary) -> str:
     lines = [f"experiment {summary.experiment_name}: {summary.final_step} steps, final loss {summary.final_loss:.4f}"
              f" ({summary.wall_time_s:.0f} s{', resumed' if summary.resumed else ''})"]
     if summary.val_metrics:
-        lines.append("validation (x100): " + ", ".join(f"{k[4:]} {v:.1f}" for k, v in summary.val_metrics.items()))
+        # -1 is the official evaluator's "no ground truth for this statistic"
+        lines.append("validation (x100): " + ", ".join(f"{k[4:]} {v:.1f}" if v >= 0 else f"{k[4:]} -"
+                                                       for k, v in summary.val_metrics.items()))
     lines.append(f"MLflow run {summary.mlflow_run_id} at {summary.tracking_uri}")
     lines.append(f"artifacts: {summary.artifact_uri}")
     lines.append(f"checkpoints: {summary.run_dir}")

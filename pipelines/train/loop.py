@@ -34,9 +34,9 @@ import torch
 
 from pipelines import storage
 from pipelines.train import optim, state
+from pipelines.weights import WEIGHTS_FORMAT, load_weights
 
 LOSS_FAMILIES = ("loss_ce", "loss_mask", "loss_dice")
-WEIGHTS_FORMAT = "ctvis-weights-v1"  # the tag of our exported weights (model/model.pt)
 
 
 class InjectedFault(RuntimeError):
@@ -77,48 +77,6 @@ def _global_num_masks(batch: Any, world_size: int, device: torch.device) -> floa
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def _download(uri: str, directory: str) -> Path:
-    """A local path for `uri` (remote files are copied into `directory`)."""
-    local = storage.local_path(uri)
-    if local is not None:
-        return local
-    target = Path(directory) / Path(storage.split_uri(uri)[1]).name
-    target.write_bytes(storage.read_bytes(uri))
-    return target
-
-
-def load_initial_weights(model: torch.nn.Module, uri: str) -> str:
-    """Initialise from `uri`: an official COCO Mask2Former ``.pkl`` / CTVIS ``.pth``, or one of ours
-    (a training checkpoint directory or ``state.pt``, or a registered ``model.pt``). Returns the
-    load report as text."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if storage.local_path(uri) is not None and storage.local_path(uri).is_dir():
-            path = storage.local_path(uri) / state.STATE_FILE
-        else:
-            path = _download(uri, tmp)
-        if path.suffix in (".pt", ".pth"):
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            # ours: a training checkpoint (state.pt) or exported weights (model.pt) carry a format tag
-            if isinstance(payload, dict) and (payload.get("format") == WEIGHTS_FORMAT
-                                              or payload.get("format_version") == state.FORMAT_VERSION):
-                return _load_ours(model, payload["model"], uri)
-        return model.load_official_checkpoint(path).summary()
-
-
-def _load_ours(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> str:
-    targets = model.state_dict()
-    usable = {k: v for k, v in weights.items() if k in targets and tuple(v.shape) == tuple(targets[k].shape)}
-    skipped = sorted(k for k, v in weights.items() if k in targets and tuple(v.shape) != tuple(targets[k].shape))
-    unexpected = sorted(set(weights) - set(targets))
-    model.load_state_dict(usable, strict=False)
-    missing = sorted(set(targets) - set(usable))
-    lines = [f"checkpoint {storage.redact(source)}: loaded {len(usable)}, missing {len(missing)}, "
-             f"unexpected {len(unexpected)}, shape-skipped {len(skipped)}"]
-    lines += [f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
-    lines += [f"  shape-skipped: {k}" for k in skipped]
-    return "\n".join(lines)
 
 
 def _maybe_inject_fault(config: dict, step: int, rank: int, world_size: int) -> None:
@@ -191,10 +149,12 @@ def train_worker(config: dict) -> None:
                              f"batch size {train_cfg.batch_size}; resume with the experiment's original batch size")
         if rank == 0:
             tracker.set_tags({"resumed_from_step": start_step})
-    elif train_cfg.init_weights:
-        report = load_initial_weights(model, train_cfg.init_weights)
+    elif config.get("init_weights") is not None:
+        source = config["init_weights"]  # pinned and checked by the driver (pipelines.weights)
+        report = load_weights(model, source)
         tracker.log_text(report, "init/load_report.txt")
-        tracker.set_tags({"init_weights": storage.redact(train_cfg.init_weights)})
+        tracker.set_tags({"init_weights": storage.redact(source.uri),
+                          **({"init_weights_version": source.registry_version} if source.registry_version else {})})
 
     network = model
     if world_size > 1:

@@ -128,3 +128,19 @@ def write_run_info(runs_root: str, run_name: str, info: dict[str, Any]) -> None:
 
 def fault_marker_uri(runs_root: str, run_name: str, step: int) -> str:
     return storage.join(run_dir(runs_root, run_name), f"fault_injected_step{step}.json")
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def write_progress(runs_root: str, run_name: str, progress: dict[str, Any]) -> None:
+    """Rank 0's latest step (and loss, throughput) beside the run, for the driver's progress lines
+    and stall warnings."""
+    storage.write_json(storage.join(run_dir(runs_root, run_name), PROGRESS_FILE), {**progress, "time": time.time()})
+
+
+def read_progress(runs_root: str, run_name: str) -> Optional[dict[str, Any]]:
+    try:
+        return storage.read_json(storage.join(run_dir(runs_root, run_name), PROGRESS_FILE))
+    except storage.StorageNotFound:
+        return None

@@ -1,0 +1,161 @@
+"""Connecting to Ray, and checking that a job's resources fit the cluster before it starts.
+
+`connect()` is the one place a job gets its Ray:
+- an address (``--ray-address``, ``RAY_ADDRESS``, or the cluster of a `ray job submit` job): connect;
+- otherwise a local Ray, started on loopback only: every Ray service and worker binds 127.0.0.1
+  (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with node IP 127.0.0.1, no dashboard), so a laptop run
+  opens no port to the network.
+
+`plan_training()` counts what a training run asks for (Ray Train workers, and each worker's Ray Data
+clip decoders) against the cluster: a run that cannot fit would wait forever for CPUs that never
+free up, so on a fixed-size cluster it is an error that says which setting to change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+LOOPBACK = "127.0.0.1"
+
+
+class ResourceError(ValueError):
+    """The job does not fit the cluster; the message says what to change."""
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a `ray job submit` job (Ray sets this for job drivers)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    started_here: bool  # a local Ray this process started (fixed size: it never grows)
+    num_nodes: int
+    cpus: float
+    gpus: float
+    in_job: bool
+
+    @property
+    def local(self) -> bool:
+        """A single-node cluster on this machine (local paths are shared by every process of it)."""
+        return self.num_nodes <= 1
+
+
+def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, log_to_driver: bool = True,
+            log: Callable[[str], None] = lambda line: None) -> ClusterInfo:
+    """Connect to Ray (see the module docstring) unless already connected; describe the cluster."""
+    started_here = False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Before importing ray: its services read this when they start.
+    if not address:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, configure_logging=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, configure_logging=False,
+                     log_to_driver=log_to_driver)
+            started_here = True
+            log(f"started a local Ray on {LOOPBACK} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    return describe_cluster(started_here)
+
+
+_started_here = False  # this process started the local Ray it is connected to
+
+
+def describe_cluster(started_here: Optional[bool] = None) -> ClusterInfo:
+    global _started_here
+    import ray
+
+    _started_here = _started_here or bool(started_here)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    resources = ray.cluster_resources()
+    return ClusterInfo(started_here=_started_here, num_nodes=len(nodes), cpus=float(resources.get("CPU", 0.0)),
+                       gpus=float(resources.get("GPU", 0.0)), in_job=in_ray_job())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    decoders_per_worker: int
+    cpus_per_decoder: float
+
+    @property
+    def cpus(self) -> float:
+        return self.workers * (self.cpus_per_worker + self.decoders_per_worker * self.cpus_per_decoder)
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    def describe(self) -> str:
+        return (f"{self.workers} Ray Train workers x {self.cpus_per_worker:g} CPU"
+                + (f" + {self.gpus_per_worker:g} GPU" if self.gpus_per_worker else "")
+                + f", each with {self.decoders_per_worker} clip decoder(s) x {self.cpus_per_decoder:g} CPU"
+                + f" = {self.cpus:g} CPUs" + (f", {self.gpus:g} GPUs" if self.gpus else ""))
+
+
+def training_plan(experiment: Any) -> TrainingPlan:
+    compute = experiment.compute
+    return TrainingPlan(workers=compute.num_workers, cpus_per_worker=compute.cpus_per_worker,
+                        gpus_per_worker=compute.gpus_per_worker if compute.use_gpu else 0.0,
+                        decoders_per_worker=experiment.data.decode_workers, cpus_per_decoder=compute.cpus_per_decoder)
+
+
+def check_training_fits(plan: TrainingPlan, cluster: ClusterInfo, source: str,
+                        log: Callable[[str], None] = print) -> None:
+    """Raise ResourceError when `plan` cannot run on a cluster that will not grow (a local Ray, a
+    single node); on a multi-node cluster (which an autoscaler may grow) say so and go on."""
+    problems = []
+    if plan.cpus > cluster.cpus + 1e-9:
+        decoders = plan.workers * plan.decoders_per_worker * plan.cpus_per_decoder
+        fitting = (cluster.cpus - decoders) / plan.workers
+        if fitting > 0:
+            hint = f"set compute.cpus_per_worker={_round_down(fitting)}"
+        else:
+            hint = "lower compute.cpus_per_decoder or data.decode_workers"
+        problems.append(f"needs {plan.cpus:g} CPUs but the cluster has {cluster.cpus:g}: {hint}, "
+                        f"or fewer compute.num_workers")
+    if plan.gpus > cluster.gpus + 1e-9:
+        problems.append(f"needs {plan.gpus:g} GPUs but the cluster has {cluster.gpus:g}: set compute.num_workers "
+                        f"/ compute.gpus_per_worker to fit, or compute.use_gpu=false")
+    if not problems:
+        return
+    message = f"{source}: {plan.describe()}; " + "; ".join(problems)
+    if cluster.started_here or cluster.num_nodes <= 1:
+        raise ResourceError(message + " (otherwise the run would wait forever for resources that never free up)")
+    log(f"warning: {message}; it will wait until the cluster grows (autoscaler) - watch the progress lines")
+
+
+def _round_down(value: float) -> str:
+    """A friendly value <= `value` (multiples of 0.05)."""
+    return f"{max(0.05, int(value * 20) / 20):g}"
+
+
+def resource_diagnosis() -> str:
+    """What is waiting for what, for a stall report: available resources and pending actors/tasks."""
+    import ray
+
+    lines = [f"cluster {_fmt(ray.cluster_resources())}; available now {_fmt(ray.available_resources())}"]
+    try:
+        from ray.util.state import list_actors, list_tasks
+
+        pending = [a for a in list_actors(filters=[("state", "=", "PENDING_CREATION")], raise_on_missing_output=False)]
+        if pending:
+            lines.append(f"{len(pending)} actors waiting to be scheduled: "
+                         + ", ".join(sorted({a.class_name for a in pending})))
+        waiting = list_tasks(filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")], raise_on_missing_output=False)
+        if waiting:
+            lines.append(f"{len(waiting)} tasks waiting for resources: " + ", ".join(sorted({t.name for t in waiting})))
+    except Exception as error:  # noqa: BLE001 - the state API needs the dashboard; the rest still helps
+        lines.append(f"(no pending-work details: {type(error).__name__})")
+    return "; ".join(lines)
+
+
+def _fmt(resources: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory") and v) or "-"

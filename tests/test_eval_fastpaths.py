@@ -144,13 +144,13 @@ def test_ground_truth_text_equals_ground_truth_dict(case, tmp_path, monkeypatch)
 
 def test_frame_table_bulk_add_dedups_per_size_and_rejects_escaped_quotes():
     text = (b'[{"size": [2, 2], "counts": "04"}, {"size": [4, 1], "counts": "04"}, '
-            b'{"size": [2, 2], "counts": "04"}, {"size": [2, 2], "counts": "a\\\\b"}]')
+            b'{"size": [2, 2], "counts": "04"}, {"size": [3, 4], "counts": "\\\\0"}]')  # valid RLEs
     parts = FRAME_PATTERN.split(text)
     table = FrameTable()
     ids = table.add_many(parts[1::4], parts[2::4], parts[3::4])
     assert ids.tolist() == [0, 1, 0, 2]  # the same counts under another size is another mask
-    assert table.counts == [b"04", b"04", b"a\\b"]
-    assert table.finalize().heights.tolist() == [2, 4, 2]
+    assert table.counts == [b"04", b"04", b"\\0"]  # a 12-pixel run: '\\' is a continuation character
+    assert table.finalize().heights.tolist() == [2, 4, 3]
     quoted = b'[{"size": [2, 2], "counts": "ab\\"}, "x"}]'  # the pattern stops at the escaped quote
     parts = FRAME_PATTERN.split(quoted)
     assert FrameTable().add_many(parts[1::4], parts[2::4], parts[3::4]) is None

@@ -21,11 +21,17 @@ _LISTED = 5  # entries named in a warning before "and N more"
 
 
 def check_predictions(gt_video_ids: np.ndarray, gt_video_lengths: np.ndarray, category_ids: np.ndarray,
-                      preds: Predictions, strict: bool = False) -> list[str]:
+                      preds: Predictions, strict: bool = False, gt_video_heights: np.ndarray | None = None,
+                      gt_video_widths: np.ndarray | None = None) -> list[str]:
     """Raises InputError for results naming unknown videos (the official code asserts); returns
-    warnings for segmentation lists whose length is not the video's (official: zip() truncates the
-    IoU, extra entries still count in the mean area), an error under `strict`, and for unknown
-    categories (dropped, as the official code does)."""
+    warnings (errors under `strict`) for
+    - segmentation lists whose length is not the video's (official: zip() truncates the IoU, extra
+      entries still count in the mean area);
+    - masks whose size is not the video's (official: pycocotools merges masks of different sizes to
+      nothing, so that frame adds neither intersection nor union);
+    - duplicate entries (same video, category and masks: each is a detection of its own, as in the
+      official code, so all but one can only be false positives);
+    and warnings for unknown categories (dropped, as the official code does)."""
     warnings: list[str] = []
     if len(preds) == 0:
         return []  # evaluate() warns that every statistic with ground truth is 0
@@ -50,12 +56,60 @@ def check_predictions(gt_video_ids: np.ndarray, gt_video_lengths: np.ndarray, ca
             raise InputError(message)
         warnings.append(message + " (evaluated as the official code does: the IoU uses the frames both "
                                   "lists have, the mean area uses every entry)")
+    if gt_video_heights is not None and gt_video_widths is not None:
+        warnings += _check_mask_sizes(preds, gt_video_heights[order][position], gt_video_widths[order][position],
+                                      strict)
+    warnings += _check_duplicates(preds, strict)
     unknown = np.flatnonzero(~np.isin(preds.category_ids, category_ids))
     if len(unknown):
         warnings.append(f"{preds.source}: {len(unknown)} entries have a category_id not in the ground truth "
                         f"(first: entry {unknown[0]}, category {preds.category_ids[unknown[0]]}); they are "
                         f"ignored, as by the official code")
     return warnings
+
+
+def _check_mask_sizes(preds: Predictions, heights: np.ndarray, widths: np.ndarray, strict: bool) -> list[str]:
+    """Masks whose [height, width] is not their video's (heights/widths (R,): each entry's video)."""
+    frames = preds.frame_ids
+    owner = np.repeat(np.arange(len(preds)), preds.lengths)
+    present = frames >= 0
+    table = preds.table
+    wrong = present.copy()
+    wrong[present] = (table.heights[frames[present]] != heights[owner[present]]) | \
+                     (table.widths[frames[present]] != widths[owner[present]])
+    positions = np.flatnonzero(wrong)
+    if not len(positions):
+        return []
+    entries = np.unique(owner[positions])
+    offsets = preds.frame_offsets
+    listed = []
+    for i in entries[:_LISTED].tolist():
+        at = positions[owner[positions] == i][0]
+        listed.append(f"entry {i} (video {preds.video_ids[i]}) frame {at - offsets[i]}: "
+                      f"[{table.heights[frames[at]]}, {table.widths[frames[at]]}], video [{heights[i]}, {widths[i]}]")
+    more = f" and {len(entries) - _LISTED} more entries" if len(entries) > _LISTED else ""
+    message = (f"{preds.source}: {len(positions)} masks in {len(entries)} entries are not the size of their video: "
+               f"{'; '.join(listed)}{more}")
+    if strict:
+        raise InputError(message)
+    return [message + " (evaluated as the official code does: such a frame adds neither intersection nor union)"]
+
+
+def _check_duplicates(preds: Predictions, strict: bool) -> list[str]:
+    """Entries repeating an earlier one's video, category and masks."""
+    if len(preds) < 2:
+        return []
+    keys = np.stack([preds.video_ids, preds.category_ids, preds.entry_track], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    repeats = np.flatnonzero(first[inverse.reshape(-1)] != np.arange(len(preds)))
+    if not len(repeats):
+        return []
+    listed = ", ".join(f"entry {i} repeats entry {first[inverse.reshape(-1)[i]]}" for i in repeats[:_LISTED].tolist())
+    more = f" and {len(repeats) - _LISTED} more" if len(repeats) > _LISTED else ""
+    message = (f"{preds.source}: {len(repeats)} duplicate entries (same video, category and masks): {listed}{more}")
+    if strict:
+        raise InputError(message)
+    return [message + " (evaluated as the official code does: each is a detection of its own)"]
 
 
 @dataclass
@@ -98,9 +152,13 @@ def run_evaluation(benchmark: BenchmarkName, preds: Predictions, gt: GroundTruth
                                [g.video_ids for g in references])
     lengths = np.concatenate([references[0].video_lengths] if gt is not None else
                              [g.video_lengths for g in references])
+    heights = np.concatenate([references[0].video_heights] if gt is not None else
+                             [g.video_heights for g in references])
+    widths = np.concatenate([references[0].video_widths] if gt is not None else
+                            [g.video_widths for g in references])
     categories = np.unique(np.concatenate([g.category_ids for g in references]))
     warnings = [w for g in references for w in g.warnings]
-    warnings += check_predictions(video_ids, lengths, categories, preds, strict)
+    warnings += check_predictions(video_ids, lengths, categories, preds, strict, heights, widths)
     if benchmark == "ytvis2022":
         short = evaluate(gt_short, preds, "ytvis", parallel_map)
         long = evaluate(gt_long, preds, "ytvis", parallel_map)

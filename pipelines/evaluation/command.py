@@ -33,10 +33,15 @@ outputs
   "warnings": [...], "timing_s"}; ytvis2022 adds "short", "long" and "ytvis2022_scores".
 
 input checks
+  every RLE (results and ground truth) is decoded and checked first: only RLE characters, no number
+  cut off, no negative run, runs summing to height x width. An invalid one is an error naming the
+  entry (or annotation) and frame: the official code would read past it or never finish.
   results naming a video that is not in the ground truth: error naming the entry.
-  a segmentation list whose length differs from the video's: evaluated as the official code does
-  (the IoU uses the frames both lists have; extra entries count in the mean area) with a warning
-  naming the entries; an error with --strict.
+  evaluated as the official code does, with a warning naming the entries (an error with --strict):
+    a segmentation list whose length differs from the video's (the IoU uses the frames both lists
+    have; extra entries count in the mean area);
+    a mask whose size is not the video's (that frame adds neither intersection nor union);
+    duplicate entries: same video, category and masks (each is a detection of its own).
   empty results: all statistics 0 where ground truth exists, with a warning.
 
 exit status: 0 on success, 2 on bad input.
@@ -55,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-long", help="ytvis2022: ground truth of the long videos")
     parser.add_argument("--output", help="write the metrics as JSON to this file")
     parser.add_argument("--strict", action="store_true",
-                        help="reject segmentation lists whose length is not the video's")
+                        help="reject what is otherwise evaluated with a warning: segmentation lists whose length is "
+                             "not the video's, masks of another size than the video's, duplicate entries")
     parser.add_argument("--workers", type=int, default=0,
                         help="spread the mask intersections over this many Ray workers (0: in process)")
     parser.add_argument("--ray-address", default=None, help="with --workers: an existing Ray cluster")

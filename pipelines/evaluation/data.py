@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .files import InputError, read_bytes, read_bytes_in_background  # noqa: F401 (re-exported)
-from .rle import FRAME_PATTERN, FrameTable, rle_from_segmentation
+from .rle import FRAME_PATTERN, FrameTable, InvalidMask, rle_from_segmentation
 
 # OVIS per-frame occlusion labels -> scores (the official oviseval.py table).
 OCCLUSION_SCORES = {"no_occlusion": 0.0, "slight_occlusion": 0.25, "severe_occlusion": 0.75}
@@ -249,9 +249,15 @@ def _build_ground_truth(name: str, dataset, table: FrameTable, matched: np.ndarr
             occ_score.append(sum(top) / len(top))
     if matched is not None and cursor != len(matched):
         raise _LayoutMismatch
-    table.finalize()
     frame_array = np.concatenate(frame_parts) if frame_parts else np.zeros(0, dtype=np.int64)
     offsets_array = np.array(offsets, dtype=np.int64)
+    try:
+        table.finalize()
+    except InvalidMask as bad:
+        position = int(np.flatnonzero(frame_array == bad.index)[0])
+        n = int(np.searchsorted(offsets_array, position, side="right") - 1)
+        raise InputError(f"{name}: annotation id {ids[n]} (video {int(video_ids[ann_video[n]])}) frame "
+                         f"{position - offsets_array[n]}: invalid RLE: {bad.reason}") from None
     for n, value in enumerate(avg_area):
         if value is None:
             frames = frame_array[offsets_array[n]:offsets_array[n + 1]]
@@ -368,11 +374,18 @@ def _entry_arrays(entries: list, source: str, placeholder: bool) -> tuple[np.nda
 
 def _finish(source: str, video_ids, category_ids, scores, entry_track: np.ndarray,
             track_lengths: np.ndarray, track_frame_ids, table: FrameTable) -> Predictions:
-    table.finalize()
     num_tracks = len(track_lengths)
     offsets = np.zeros(num_tracks + 1, dtype=np.int64)
     np.cumsum(track_lengths, out=offsets[1:])
     track_frame_ids = np.asarray(track_frame_ids, dtype=np.int64)
+    try:
+        table.finalize()
+    except InvalidMask as bad:
+        position = int(np.flatnonzero(track_frame_ids == bad.index)[0])
+        track = int(np.searchsorted(offsets, position, side="right") - 1)
+        entry = int(np.flatnonzero(np.asarray(entry_track) == track)[0])
+        raise InputError(f"{source}: entry {entry} (video {int(video_ids[entry])}) frame {position - offsets[track]}: "
+                         f"invalid RLE: {bad.reason}") from None
     areas = np.where(track_frame_ids >= 0, table.areas[np.maximum(track_frame_ids, 0)], 0) if len(table) else \
         np.zeros(len(track_frame_ids), dtype=np.int64)
     owner = np.repeat(np.arange(num_tracks), track_lengths)
@@ -395,18 +408,25 @@ def predictions_from_list(entries: list, source: str = "<results>") -> Predictio
         raise InputError(f"{source}: results must be a JSON list of objects, got {type(entries).__name__}")
     segmentation_lists = [_check_entry(entry, i, source) for i, entry in enumerate(entries)]
     video_ids, category_ids, scores = _entry_arrays(entries, source, False)
-    track_of_object: dict[int, int] = {}
-    entry_track = np.fromiter((track_of_object.setdefault(id(s), len(track_of_object))
-                               for s in segmentation_lists), dtype=np.int64, count=len(entries))
-    first_entry = np.zeros(len(track_of_object), dtype=np.int64)
-    first_entry[entry_track[::-1]] = np.arange(len(entries))[::-1]  # first entry of each track
+    # One track per distinct list content (as the text reader gets by comparing the lists' text):
+    # lists are parsed once per object, then equal frame sequences share a track.
     table = FrameTable()
-    frame_ids, lengths = [], []
-    for i in first_entry.tolist():
-        segmentations = segmentation_lists[i]
-        lengths.append(len(segmentations))
-        frame_ids.extend(_frame(value, table, f"{source}: entry {i} frame {t}")
-                         for t, value in enumerate(segmentations))
+    track_of_object: dict[int, int] = {}
+    track_of_frames: dict[tuple, int] = {}
+    frame_ids: list[int] = []
+    lengths: list[int] = []
+    entry_track = np.empty(len(entries), dtype=np.int64)
+    for i, segmentations in enumerate(segmentation_lists):
+        track = track_of_object.get(id(segmentations))
+        if track is None:
+            frames = tuple(_frame(value, table, f"{source}: entry {i} frame {t}") for t, value in enumerate(segmentations))
+            track = track_of_frames.get(frames)
+            if track is None:
+                track = track_of_frames[frames] = len(lengths)
+                lengths.append(len(frames))
+                frame_ids.extend(frames)
+            track_of_object[id(segmentations)] = track
+        entry_track[i] = track
     return _finish(source, video_ids, category_ids, scores, entry_track,
                    np.array(lengths, dtype=np.int64), frame_ids, table)
 

@@ -61,6 +61,152 @@ def _has_escaped_end(joined: bytes) -> bool:
     return False
 
 
+class InvalidMask(ValueError):
+    """A stored mask that pycocotools must not see (it would read past the string or loop over ~4e9
+    runs); `index` is its position in the FrameTable."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+_MAX_CHARS_PER_RUN = 6  # 6 x 5 bits: enough for any mask below 2^29 pixels (pycocotools shifts a 32-bit int)
+_MAX_PIXELS = 1 << 29
+_CHUNK_BYTES = 1 << 16
+
+
+def check_compressed_rles(counts: list, heights, widths) -> tuple[int, str] | None:
+    """The first invalid compressed RLE of `counts` (with its (height, width)) as (index, reason), or None.
+
+    Decodes every string at once, as pycocotools' rleFrString does: characters '0'..'o' (6 bits each:
+    5 of value and a continuation bit; the last character of a number carries its sign), then every run
+    length from the fourth on is a difference to the one two places before. Valid: only those
+    characters, no number cut off at the end of the string or longer than 6 characters, every run
+    length >= 0, and the runs summing to height x width. Otherwise pycocotools reads past the string
+    or loops forever (an IoU walk over masks of different pixel totals). Linear in the total length.
+    """
+    n = len(counts)
+    if n == 0:
+        return None
+    data = [c.encode("ascii", "replace") if isinstance(c, str) else c for c in counts]
+    lengths = np.fromiter(map(len, data), dtype=np.int64, count=n)
+    heights, widths = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
+    pixels = heights * widths
+    found = _Findings()
+    bad = np.flatnonzero((heights <= 0) | (widths <= 0) | (pixels >= _MAX_PIXELS))
+    if len(bad):
+        i = int(bad[0])
+        found.add(i, f"size [{heights[i]}, {widths[i]}] is not a positive height and width (below 2^29 pixels)")
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):  # no runs at all: zero pixels, never height x width > 0
+        i = int(empty[0])
+        found.add(i, f"an empty RLE string cannot describe a [{heights[i]}, {widths[i]}] mask")
+    # The strings before the first problem so far, in pieces of ~64 KB of text: the arrays stay in
+    # cache and their memory is reused (fresh pages cost more than the arithmetic here).
+    limit = found.first if found.first is not None else n
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < limit:
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - lengths[start] + _CHUNK_BYTES, side="right")))
+        stop = min(stop, limit)
+        problem = _check_piece(b"".join(data[start:stop]), lengths[start:stop], heights[start:stop],
+                               widths[start:stop], pixels[start:stop])
+        if problem is not None:
+            found.add(start + problem[0], problem[1])
+            break
+        start = stop
+    return found.result()
+
+
+class _Findings:
+    """The problem with the lowest index among those found."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.reason = ""
+
+    def add(self, index: int, reason: str) -> None:
+        if self.first is None or index < self.first:
+            self.first, self.reason = int(index), reason
+
+    def result(self) -> tuple[int, str] | None:
+        return None if self.first is None else (self.first, self.reason)
+
+
+def _check_piece(joined: bytes, lengths: np.ndarray, heights: np.ndarray, widths: np.ndarray,
+                 pixels: np.ndarray) -> tuple[int, str] | None:
+    """check_compressed_rles on non-empty strings. Every check runs (a string with bad characters or
+    a cut-off number decodes to garbage from there on, which can only flag later strings), and the
+    lowest flagged index wins: strings before the first invalid one decode exactly."""
+    n = len(lengths)
+    found = _Findings()
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    chars = np.frombuffer(joined, dtype=np.uint8) - np.uint8(48)  # '0'..'o' -> 0..63, others > 63
+    outside = np.flatnonzero(chars > 63)
+    if len(outside):
+        i = int(np.searchsorted(offsets, outside[0], side="right") - 1)
+        found.add(i, f"character {chr((int(chars[outside[0]]) + 48) % 256)!r} cannot occur in a compressed RLE")
+    is_end = chars < 32  # no continuation bit: the number's last character
+    cut = np.flatnonzero(~is_end[offsets[1:] - 1])
+    if len(cut):
+        found.add(int(cut[0]), "the RLE string ends in the middle of a number (truncated)")
+    ends = np.flatnonzero(is_end)
+    if len(ends) == 0:
+        return found.result()
+    number_length = np.diff(ends, prepend=-1)
+    too_long = np.flatnonzero(number_length > _MAX_CHARS_PER_RUN)
+    if len(too_long):
+        i = int(np.searchsorted(offsets, ends[too_long[0]], side="right") - 1)
+        found.add(i, f"a run length of {int(number_length[too_long[0]])} characters does not fit 30 bits")
+        number_length = np.minimum(number_length, _MAX_CHARS_PER_RUN)  # garbage from here on, bounded work
+    # A number's value: 5 bits per character, its last character the most significant, sign-extended
+    # when that character has bit 0x10. Most numbers are one character; longer ones are few.
+    last = chars[ends]
+    values = (last & 0x1F).astype(np.int32)
+    longer = np.flatnonzero(number_length > 1)
+    j = 1
+    while len(longer):
+        values[longer] = (values[longer] << 5) | (chars[ends[longer] - j] & 0x1F)
+        j += 1
+        longer = longer[number_length[longer] > j]
+    shift = (5 * number_length).astype(np.int32)
+    values -= ((last >> 4) & 1).astype(np.int32) << shift  # sign bit set: value - 2^(5 x length)
+    # Numbers of mask i: [first[i], first[i] + per_mask[i]). Run m of a mask: m = 0 as read; odd m the
+    # running sum of the mask's values at odd m, even m >= 2 of its values at even m from m = 2. Both
+    # chains are runs of one parity of the global index, so two cumulative sums over the even and the
+    # odd global positions serve every mask: run = cumsum here - cumsum just before the mask's chain.
+    first = np.searchsorted(ends, offsets[:-1])
+    per_mask = np.diff(first, append=len(ends))
+    has_runs = per_mask > 0  # a string cut off before its first number has none (flagged above)
+    starts = first[has_runs]
+    chained = values.astype(np.int64)
+    chained[starts] = 0  # m = 0 belongs to no chain
+    sums = np.empty_like(chained)
+    sums[0::2] = np.cumsum(chained[0::2])
+    sums[1::2] = np.cumsum(chained[1::2])
+    before_odd = np.where(starts >= 1, sums[np.maximum(starts - 1, 0)], 0)  # same parity as m = 1
+    before_even = np.where(starts >= 2, sums[np.maximum(starts - 2, 0)], 0)  # same parity as m = 0
+    counts = per_mask[has_runs]
+    odd = np.zeros(len(ends), dtype=bool)
+    odd[1::2] = True
+    odd ^= np.repeat((starts & 1).astype(bool), counts)  # parity of the index inside the mask
+    runs = sums - np.where(odd, np.repeat(before_odd, counts), np.repeat(before_even, counts))
+    runs[starts] = values[starts]
+    masks = np.flatnonzero(has_runs)
+    negative_run = np.flatnonzero(runs < 0)
+    if len(negative_run):
+        found.add(int(masks[np.searchsorted(starts, negative_run[0], side="right") - 1]), "a run length is negative")
+    totals = np.add.reduceat(runs, starts)
+    wrong = np.flatnonzero(totals != pixels[has_runs])
+    if len(wrong):
+        i = int(masks[wrong[0]])
+        found.add(i, f"the run lengths sum to {int(totals[wrong[0]])} pixels, but its size [{heights[i]}, "
+                     f"{widths[i]}] has {int(pixels[i])}")
+    return found.result()
+
+
 class FrameTable:
     """Distinct per-frame masks: compressed RLE counts (bytes) with their (height, width)."""
 
@@ -142,8 +288,12 @@ class FrameTable:
         return frame_index + base
 
     def finalize(self) -> "FrameTable":
-        """Computes the area of every mask not measured yet (call after adding)."""
+        """Checks and computes the area of every mask not measured yet (call after adding). An invalid
+        RLE raises InvalidMask (pycocotools could read out of bounds or never finish on it)."""
         done = len(self.areas)
+        problem = check_compressed_rles(self.counts[done:], self._heights[done:], self._widths[done:])
+        if problem is not None:
+            raise InvalidMask(done + problem[0], problem[1])
         # A mask's area does not depend on its size (pycocotools only stores it): one shared list.
         size = [1, 1]
         new = [{"size": size, "counts": c} for c in self.counts[done:]]

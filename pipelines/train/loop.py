@@ -174,8 +174,10 @@ def train_worker(config: dict) -> None:
                                      rank=rank, cpus_per_decoder=experiment.compute.cpus_per_decoder),
         per_rank, experiment.data.size_divisibility, positions)
 
-    last_time = time.perf_counter()
+    last_time = loop_start = time.perf_counter()
     val_metrics: dict[str, float] = {}
+    if rank == 0:  # the driver's progress lines and stall warnings read this (pipelines.train.job)
+        state.write_progress(config["runs_root"], config["run_name"], {"step": start_step, "phase": "starting"})
     for step in range(start_step, schedule.max_iter):
         wait_start = time.perf_counter()
         try:
@@ -218,6 +220,11 @@ def train_worker(config: dict) -> None:
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
             tracker.log_metrics(metrics, step=completed)
+            if rank == 0:
+                state.write_progress(config["runs_root"], config["run_name"], {
+                    "step": completed, "loss": summary["loss_total"],
+                    "clips_per_s": metrics["train/clips_per_s"],
+                    "steps_per_s": (completed - start_step) / max(now - loop_start, 1e-9)})
 
         final = completed == schedule.max_iter
         validate_now = val_set is not None and (final or (train_cfg.eval_period and completed % train_cfg.eval_period == 0))

@@ -2,8 +2,8 @@
 
 `connect()` is the one place a job gets its Ray:
 - an address (``--ray-address``, ``RAY_ADDRESS``, or the cluster of a `ray job submit` job): connect;
-- otherwise a local Ray, started on loopback only: every Ray service and worker binds 127.0.0.1
-  (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with node IP 127.0.0.1, no dashboard), so a laptop run
+- otherwise a local Ray, started on loopback only: every Ray service, the dashboard and every worker
+  bind 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with node IP 127.0.0.1), so a laptop run
   opens no port to the network.
 
 `plan_training()` counts what a training run asks for (Ray Train workers, and each worker's Ray Data
@@ -56,8 +56,10 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, lo
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, configure_logging=False,
-                     log_to_driver=log_to_driver)
+            # The dashboard serves the State API, which Ray Train's placement-group cleaner and our
+            # stall reports need; it binds 127.0.0.1 like everything else here.
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+                     configure_logging=False, log_to_driver=log_to_driver)
             started_here = True
             log(f"started a local Ray on {LOOPBACK} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
     return describe_cluster(started_here)

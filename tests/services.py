@@ -150,3 +150,61 @@ def ray_loopback_env(home: Path) -> dict[str, str]:
         "HOME": str(home),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+
+
+def _descendants(root: int) -> set[int]:
+    """`root` and every process below it (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _hex_address(text: str) -> str:
+    """/proc/net/tcp{,6} local address -> dotted IPv4 (IPv4-mapped IPv6 included) or an IPv6 hex string."""
+    import ipaddress
+
+    raw = bytes.fromhex(text)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    address = ipaddress.IPv6Address(words)
+    return str(address.ipv4_mapped) if address.ipv4_mapped else str(address)
+
+
+def listening_sockets(root_pid: int) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket listening in `root_pid` or its descendants."""
+    inodes: dict[str, int] = {}
+    for pid in _descendants(root_pid):
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            if fields[9] in inodes:
+                address, port = fields[1].split(":")
+                found.append((_hex_address(address), int(port, 16), inodes[fields[9]]))
+    return found

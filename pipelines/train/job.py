@@ -228,7 +228,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     cluster's resources and the initial weights); while it trains, the driver prints progress
     (step, loss, clips/s, ETA) and says when no step completes for `compute.stall_timeout_s`."""
     from pipelines.ray_runtime import connect
-    from pipelines.tracking import RunTracker
+    from pipelines.tracking import RunTracker, default_tracking_uri
     from pipelines.train.visualize import loss_curve_plot
 
     started = time.time()
@@ -237,8 +237,9 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     run_name = experiment.train.run_name or experiment.name
     cluster = connect(ray_address, log=log)
     check_cluster(experiment, cluster, log)
+    registry = experiment.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    init_weights = check_init_weights(experiment, registry, log)
     tracker = RunTracker(experiment.tracking.tracking_uri)
-    init_weights = check_init_weights(experiment, tracker.tracking_uri, log)
     resumed = _start_tracking(experiment, tracker, runs_root, run_name, log, resume_changed)
     trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=tracker.tracking_uri,
                             mlflow_run_id=tracker.run_id, worker_env=worker_env, init_weights=init_weights)
@@ -325,7 +326,8 @@ class ProgressWatchdog:
             step = progress.get("step") if progress else None
             if step != last_step:
                 last_step, last_change = step, now
-            if progress and now - last_line >= self.interval_s:
+            first_step = progress is not None and last_line == begun and progress.get("phase") != "starting"
+            if progress and (first_step or now - last_line >= self.interval_s):
                 self.log(self.format(progress))
                 last_line = now
             if now - last_change >= self.stall_timeout_s:

@@ -31,7 +31,7 @@ lock: $(STAMP)
 
 # Everything CI runs: unit, integration (real Ray, moto S3 server, mlflow server) and parity tests.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Unit tests only (no servers, no Ray).
 test-fast: $(STAMP)

@@ -177,3 +177,34 @@ def test_ytvis_json_round_trips_with_identical_masks(reference_dir, tmp_path, ca
             assert ann["areas"][t] == src["areas"][t] and ann["bboxes"][t] == src["bboxes"][t]
         if "occlusion" in src:
             assert ann["occlusion"] == src["occlusion"]
+
+
+def test_impossible_bboxes_fail_naming_the_frame_or_are_replaced_under_skip(raw_split, tmp_path):
+    def breaking(data):
+        ann = data["annotations"][0]
+        ann["bboxes"] = [[0.0, 0.0, 10.0, 10.0]] * len(ann["segmentations"])
+        ann["bboxes"][1] = [30.0, 5.0, 500.0, -3.0]  # past the 40-pixel width, negative height
+    _edit_json(raw_split, breaking)
+    data = json.loads(storage.read_text(raw_split.annotations))
+    ann = data["annotations"][0]
+    with pytest.raises(DataFormatError, match=f"video {ann['video_id']} annotation {ann['id']} frame 1: bbox"):
+        ingest(raw_split, str(tmp_path / "fail"), LOCAL)
+    manifest = ingest(raw_split, str(tmp_path / "skip"), IngestOptions(executor="local", on_error="skip"))
+    assert manifest["problem_counts"] == {"invalid_bbox": 1}
+    loaded = shards.load_manifest(str(tmp_path / "skip"))
+    position = loaded.video_ids.tolist().index(ann["video_id"])
+    row = shards.ShardReader().read(loaded.shard_uri(int(loaded.shard_index[position])), int(loaded.row_index[position]))
+    box = row["bboxes"][row["instance_ids"].index(ann["id"])][1]
+    assert 0 <= box[0] and box[0] + box[2] <= 40 and box[3] >= 0  # the mask's own box instead
+
+
+def test_reingesting_with_another_shard_size_leaves_only_the_manifests_shards(raw_split, tmp_path):
+    out = str(tmp_path / "shards")
+    many = ingest(raw_split, out, LOCAL)
+    one = ingest(raw_split, out, IngestOptions(executor="local", shard_mb=64))
+    assert many["num_shards"] >= 2 and one["num_shards"] == 1
+    assert sorted(p for p in os.listdir(out) if p.endswith(".parquet")) == [s["path"] for s in one["shards"]]
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(os.path.join(out, p)).num_rows for p in os.listdir(out) if p.endswith(".parquet"))
+    assert rows == 3  # a reader of the directory's shards sees each video once

@@ -296,7 +296,8 @@ def test_storage_errors_are_one_line_with_exit_2(tmp_path):
     assert "SENTINEL" not in done.stderr
 
 
-def test_interrupting_ingest_prints_one_line(tmp_path):
+@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_interrupting_ingest_prints_one_line(tmp_path, signum, code, word):
     from pipelines.data import synth
 
     raw = synth.generate(str(tmp_path / "raw"), synth.SynthConfig(num_videos=40, min_frames=20, max_frames=30,
@@ -310,7 +311,7 @@ def test_interrupting_ingest_prints_one_line(tmp_path):
     while not (tmp_path / "out").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
-    assert "ctvis data ingest: interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code, err[-2000:]
+    assert f"ctvis data ingest: {word}" in err and "Traceback" not in err

@@ -342,6 +342,8 @@ class ProgressWatchdog:
 
     def format(self, progress: dict) -> str:
         step, total = int(progress.get("step", 0)), self.max_iter
+        if progress.get("phase") == "starting":
+            return f"workers started at step {step}/{total}: waiting for the first step (model, data pipeline)"
         rate = progress.get("steps_per_s")
         eta = f", ETA {_duration((total - step) / rate)}" if rate else ""
         loss = progress.get("loss")

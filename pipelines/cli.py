@@ -39,7 +39,11 @@ class Terminated(SystemExit):
     """SIGTERM (e.g. `ray job stop`, `kill`): unwinds like Ctrl-C so that runs are closed cleanly."""
 
 
+_terminated_by: list[int] = []  # the signal that ended the run, if one did
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    _terminated_by.append(signum)
     raise Terminated(128 + signum)
 
 
@@ -87,11 +91,17 @@ def _run_verb(argv: list[str]) -> int:
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
+        if _terminated_by:
+            print(f"{name}: terminated", file=sys.stderr, flush=True)
+            return 128 + _terminated_by[-1]
         print(f"{name}: interrupted", file=sys.stderr, flush=True)
         return 130
-    except Terminated as stop:
+    except SystemExit as stop:
+        # Ours, or Ray's SystemExit(1) when the signal arrived inside a blocking ray.get.
+        if not (isinstance(stop, Terminated) or _terminated_by):
+            raise
         print(f"{name}: terminated", file=sys.stderr, flush=True)
-        return int(stop.code)
+        return 128 + (_terminated_by[-1] if _terminated_by else signal.SIGTERM)
     except Exception as error:  # noqa: BLE001 - only the environment's errors are turned into one line
         if not _is_environment_error(error):
             raise

@@ -45,14 +45,22 @@ class ClusterInfo:
 def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, log_to_driver: bool = True,
             log: Callable[[str], None] = lambda line: None) -> ClusterInfo:
     """Connect to Ray (see the module docstring) unless already connected; describe the cluster."""
+    import signal
+    import threading
+
     started_here = False
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Before importing ray: its services read this when they start.
     if not address:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Ray's C++ failure-signal handler turns a SIGTERM of the driver (`ray job stop`, `kill`) into an
+    # abort (exit 134) before Python can end the run cleanly; the `ctvis` command handles SIGTERM itself.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     import ray
 
     if not ray.is_initialized():
+        in_main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if in_main else None
         if address:
             ray.init(address=address, configure_logging=False)
         else:
@@ -62,6 +70,8 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, lo
                      configure_logging=False, log_to_driver=log_to_driver)
             started_here = True
             log(f"started a local Ray on {LOOPBACK} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+        if in_main and handler not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, handler)  # ray.init replaced it with a bare sys.exit
     return describe_cluster(started_here)
 
 

@@ -315,3 +315,42 @@ def test_interrupting_ingest_prints_one_line(tmp_path, signum, code, word):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err[-2000:]
     assert f"ctvis data ingest: {word}" in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_sigterm_ends_a_training_driver_cleanly(local_shards, tmp_path):
+    """`ray job stop` / `kill`: exit 143 with one line (it was an abort, exit 134), the MLflow run KILLED
+    (not FAILED: the same command continues it), and no Ray process left behind."""
+    from mlflow.tracking import MlflowClient
+
+    root, train, val = local_shards
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train", str(TINY), f"data.train.0.shards={train}",
+                             f"data.val.shards={val}", "compute.num_workers=2", "compute.cpus_per_worker=0.5",
+                             "train.schedule.max_iter=400", "train.log_period=1"], cwd=tmp_path, env=_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    progress = tmp_path / "runs" / "tiny" / "progress.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text()).get("step", 0) >= 1:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "ctvis train: terminated" in err and "Traceback" not in err
+    info = json.loads((tmp_path / "runs" / "tiny" / "ctvis_run.json").read_text())
+    run = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("Ray processes outlived the driver")

@@ -216,3 +216,12 @@ def test_train_verb_is_listed_and_reports_config_errors(capsys):
     assert "must be a multiple of compute.num_workers 2" in capsys.readouterr().err
     assert main(["train", tiny]) == 2  # the tiny experiment's splits are raw: they need ingesting first
     assert "no `shards` URI; run `ctvis data ingest`" in capsys.readouterr().err
+
+
+def test_train_summary_shows_statistics_without_ground_truth_as_a_dash():
+    from pipelines.train.job import TrainingSummary, format_summary
+
+    summary = TrainingSummary("tiny", "tiny", "run", "sqlite:///x", "file:///a", "/runs/tiny", 20, 1.5,
+                              {"val/AP": 12.5, "val/AP_M": -1.0}, None, None, None, False, 3.0)
+    text = format_summary(summary)
+    assert "AP 12.5, AP_M -" in text and "-1.0" not in text

@@ -11,13 +11,11 @@ from .metrics import IntersectionMap, _intersection_task
 
 def ray_intersection_map(num_workers: int, address: str | None = None) -> IntersectionMap:
     """A map function running intersection chunks as Ray tasks (starts a local Ray when none runs)."""
+    from pipelines.ray_runtime import connect
+
+    connect(address, num_cpus=num_workers, log_to_driver=False)  # the given cluster, or a local Ray on 127.0.0.1
     import ray
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address)
-        else:
-            ray.init(num_cpus=num_workers, include_dashboard=False, _node_ip_address="127.0.0.1")
     task = ray.remote(num_cpus=1)(_intersection_task)
 
     def run(items: list) -> list:

@@ -250,8 +250,12 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
             result = trainer.fit()
         if getattr(result, "error", None) is not None:
             raise result.error
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as stop:
         tracker.end("KILLED")  # stopped, not broken: running the same command again continues it
+        if isinstance(stop, SystemExit) and type(stop) is SystemExit:
+            # Ray ends a fit() interrupted by SIGINT (its graceful abort) or by a signal inside ray.get
+            # with a bare SystemExit; to the caller it is an interruption.
+            raise KeyboardInterrupt from None
         raise
     except BaseException:
         tracker.end("FAILED")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -333,14 +334,15 @@ def test_sigterm_ends_a_training_driver_cleanly(local_shards, tmp_path):
     progress = tmp_path / "runs" / "tiny" / "progress.json"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        if progress.exists() and json.loads(progress.read_text()).get("step", 0) >= 1:
+        if progress.exists():  # rank 0 is up: the driver is inside fit()
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    assert "ctvis train: terminated" in err and "Traceback" not in err
+    assert "ctvis train: terminated" in err
+    assert not re.search(r"^Traceback", err, flags=re.M)  # none of ours (Ray's actors may log their own)
     info = json.loads((tmp_path / "runs" / "tiny" / "ctvis_run.json").read_text())
     run = MlflowClient(info["tracking_uri"]).get_run(info["mlflow_run_id"])
     assert run.info.status == "KILLED"

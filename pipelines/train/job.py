@@ -235,10 +235,10 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     experiment = prepare(experiment, log)
     runs_root = experiment.storage.runs_root
     run_name = experiment.train.run_name or experiment.name
-    cluster = connect(ray_address, log=log)
-    check_cluster(experiment, cluster, log)
     registry = experiment.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     init_weights = check_init_weights(experiment, registry, log)
+    cluster = connect(ray_address, log=log)
+    check_cluster(experiment, cluster, log)
     tracker = RunTracker(experiment.tracking.tracking_uri)
     resumed = _start_tracking(experiment, tracker, runs_root, run_name, log, resume_changed)
     trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=tracker.tracking_uri,

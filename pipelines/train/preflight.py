@@ -80,6 +80,7 @@ def resolve_paths(experiment: Any, base: Optional[str] = None, in_job: bool = Fa
 def check_static(experiment: Any) -> None:
     """What makes every worker fail, found without Ray: batch divisibility, shards, validation."""
     from pipelines.data.pipeline import load_train_manifests
+    from pipelines.data.shards import MANIFEST_NAME
 
     workers = experiment.compute.num_workers
     if experiment.train.batch_size % workers:
@@ -95,7 +96,7 @@ def check_static(experiment: Any) -> None:
                              "ingest` and set data.val.shards (or data.val=null to train without validation)")
     if val is not None:
         try:
-            if not storage.exists(storage.join(val.shards, "manifest.json")):
+            if not storage.exists(storage.join(val.shards, MANIFEST_NAME)):
                 raise PreflightError(f"{experiment.source}: data.val.shards={storage.redact(val.shards)}: no ingested "
                                      "split there (manifest.json missing): run `ctvis data ingest` first")
         except storage.StorageError as error:

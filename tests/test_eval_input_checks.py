@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipelines.evaluation.rle import check_compressed_rles
+from pipelines.evaluation.rle import check_compressed_rles, decode_compressed_rles
 from tests.conftest import PROJECT_ROOT
 
 
@@ -81,11 +81,12 @@ def test_fuzz_rle_checker_agrees_with_a_plain_decoder_and_pycocotools():
     verdicts = [oracle_valid(t, h, w) for t, h, w in zip(texts, heights, widths)]
     assert 300 <= sum(verdicts) < len(texts) - 1000  # both kinds, many of each
     for text, height, width, valid in zip(texts, heights, widths, verdicts):
-        assert (check_compressed_rles([text], [height], [width]) is None) == valid, (text, height, width)
-        if valid:  # pycocotools agrees on what it holds
+        problem, areas = decode_compressed_rles([text], [height], [width])
+        assert (problem is None) == valid, (text, height, width)
+        if valid:  # pycocotools agrees on what it holds, and our areas are its areas
             rle = {"size": [height, width], "counts": text}
             counts = decode_counts(text)
-            assert int(mask_utils.area(rle)) == sum(counts[1::2])
+            assert int(mask_utils.area(rle)) == sum(counts[1::2]) == areas[0]
             assert int(mask_utils.decode(rle).sum()) == sum(counts[1::2])
     # all at once: the first invalid one is found, whatever surrounds it (bad characters and cut-off
     # numbers garble what follows them, never what comes before)
@@ -95,7 +96,11 @@ def test_fuzz_rle_checker_agrees_with_a_plain_decoder_and_pycocotools():
                                         [widths[i] for i in order])
         assert problem is not None and problem[0] == [verdicts[i] for i in order].index(False)
     good = [i for i, v in enumerate(verdicts) if v]
-    assert check_compressed_rles([texts[i] for i in good], [heights[i] for i in good], [widths[i] for i in good]) is None
+    problem, areas = decode_compressed_rles([texts[i] for i in good], [heights[i] for i in good],
+                                            [widths[i] for i in good])
+    assert problem is None
+    for i, area in zip(good, areas.tolist()):  # one call each: pycocotools' area() overflows past 255 masks
+        assert area == int(mask_utils.area({"size": [heights[i], widths[i]], "counts": texts[i]}))
 
 
 def _case(tmp_path, result_segmentations, duplicate: bool = False):

@@ -17,8 +17,6 @@ import re
 import numpy as np
 from pycocotools import _mask
 
-# pycocotools 2.0.11 `area()` overflows a uint8 count beyond 255 masks per call under numpy 2.
-_AREA_CHUNK = 255
 # Pairs per batched `iou` call: the call costs ~25 us plus ~4 ns per (cross) pair, so ~64 is optimal.
 _PAIR_CHUNK = 64
 
@@ -77,7 +75,12 @@ _CHUNK_BYTES = 1 << 16
 
 
 def check_compressed_rles(counts: list, heights, widths) -> tuple[int, str] | None:
-    """The first invalid compressed RLE of `counts` (with its (height, width)) as (index, reason), or None.
+    """The first invalid compressed RLE of `counts` (with its (height, width)) as (index, reason), or None."""
+    return decode_compressed_rles(counts, heights, widths)[0]
+
+
+def decode_compressed_rles(counts: list, heights, widths) -> tuple[tuple[int, str] | None, np.ndarray]:
+    """(the first invalid RLE as (index, reason) or None, the areas (n,) int64 of the valid ones).
 
     Decodes every string at once, as pycocotools' rleFrString does: characters '0'..'o' (6 bits each:
     5 of value and a continuation bit; the last character of a number carries its sign), then every run
@@ -85,10 +88,12 @@ def check_compressed_rles(counts: list, heights, widths) -> tuple[int, str] | No
     characters, no number cut off at the end of the string or longer than 6 characters, every run
     length >= 0, and the runs summing to height x width. Otherwise pycocotools reads past the string
     or loops forever (an IoU walk over masks of different pixel totals). Linear in the total length.
+    The areas (pixels of the odd runs) come from the same decode, as pycocotools' `area` gives them.
     """
     n = len(counts)
+    areas = np.zeros(n, dtype=np.int64)
     if n == 0:
-        return None
+        return None, areas
     data = [c.encode("ascii", "replace") if isinstance(c, str) else c for c in counts]
     lengths = np.fromiter(map(len, data), dtype=np.int64, count=n)
     heights, widths = np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64)
@@ -111,12 +116,12 @@ def check_compressed_rles(counts: list, heights, widths) -> tuple[int, str] | No
         stop = max(start + 1, int(np.searchsorted(ends, ends[start] - lengths[start] + _CHUNK_BYTES, side="right")))
         stop = min(stop, limit)
         problem = _check_piece(b"".join(data[start:stop]), lengths[start:stop], heights[start:stop],
-                               widths[start:stop], pixels[start:stop])
+                               widths[start:stop], pixels[start:stop], areas[start:stop])
         if problem is not None:
             found.add(start + problem[0], problem[1])
             break
         start = stop
-    return found.result()
+    return found.result(), areas
 
 
 class _Findings:
@@ -135,8 +140,8 @@ class _Findings:
 
 
 def _check_piece(joined: bytes, lengths: np.ndarray, heights: np.ndarray, widths: np.ndarray,
-                 pixels: np.ndarray) -> tuple[int, str] | None:
-    """check_compressed_rles on non-empty strings. Every check runs (a string with bad characters or
+                 pixels: np.ndarray, areas: np.ndarray) -> tuple[int, str] | None:
+    """decode_compressed_rles on non-empty strings (areas (n,) filled in place). Every check runs (a string with bad characters or
     a cut-off number decodes to garbage from there on, which can only flag later strings), and the
     lowest flagged index wins: strings before the first invalid one decode exactly."""
     n = len(lengths)
@@ -199,6 +204,7 @@ def _check_piece(joined: bytes, lengths: np.ndarray, heights: np.ndarray, widths
     if len(negative_run):
         found.add(int(masks[np.searchsorted(starts, negative_run[0], side="right") - 1]), "a run length is negative")
     totals = np.add.reduceat(runs, starts)
+    areas[has_runs] = np.add.reduceat(np.where(odd, runs, 0), starts)
     wrong = np.flatnonzero(totals != pixels[has_runs])
     if len(wrong):
         i = int(masks[wrong[0]])
@@ -291,16 +297,10 @@ class FrameTable:
         """Checks and computes the area of every mask not measured yet (call after adding). An invalid
         RLE raises InvalidMask (pycocotools could read out of bounds or never finish on it)."""
         done = len(self.areas)
-        problem = check_compressed_rles(self.counts[done:], self._heights[done:], self._widths[done:])
+        problem, areas = decode_compressed_rles(self.counts[done:], self._heights[done:], self._widths[done:])
         if problem is not None:
             raise InvalidMask(done + problem[0], problem[1])
-        # A mask's area does not depend on its size (pycocotools only stores it): one shared list.
-        size = [1, 1]
-        new = [{"size": size, "counts": c} for c in self.counts[done:]]
-        parts = [self.areas]
-        for start in range(0, len(new), _AREA_CHUNK):
-            parts.append(_mask.area(new[start:start + _AREA_CHUNK]).astype(np.int64))
-        self.areas = np.concatenate(parts)
+        self.areas = np.concatenate([self.areas, areas])
         self.heights = np.asarray(self._heights, dtype=np.int64)
         self.widths = np.asarray(self._widths, dtype=np.int64)
         return self

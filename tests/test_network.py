@@ -2,7 +2,6 @@
 (forward/backward on CPU), presets, the attention-mask rules, Swin padding, MSDeformAttn."""
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import pytest
@@ -22,7 +21,6 @@ def test_tiny_forward_shapes_and_backward():
     frames = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
     images, sizes = network.preprocess(frames)
     assert images.shape == (2, 3, 96, 96) and sizes == [(96, 96)] * 2
-    start = time.perf_counter()
     outputs = network(images)
     q, k, c = config.transformer_decoder.num_queries, config.num_classes, config.transformer_decoder.hidden_dim
     assert outputs["pred_logits"].shape == (2, q, k + 1)
@@ -38,13 +36,11 @@ def test_tiny_forward_shapes_and_backward():
         for out in [outputs, *outputs["aux_outputs"]]
     )
     loss.backward()
-    elapsed = time.perf_counter() - start
     missing = [n for n, p in network.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
     assert all(torch.isfinite(p.grad).all() for p in network.parameters())
     # sampling offsets receive gradient through grid_sample
     assert network.pixel_decoder.encoder_layers[0].attention.sampling_offsets.weight.grad.abs().sum() > 0
-    assert elapsed < 30, f"tiny forward+backward took {elapsed:.1f}s"
 
 
 def test_presets_build_with_expected_sizes():

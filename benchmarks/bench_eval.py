@@ -9,7 +9,7 @@ Timed, each end to end from the .json.gz files (read + parse + evaluate + accumu
 - ours, in process (min of --repeats runs), as `ctvis eval` runs it: results read + gunzipped in a
   thread while the GT is parsed;
 - `python -m pipelines.cli eval` in a subprocess, interpreter start-up included (min of --repeats);
-- baseline: `loop_reference.evaluate_loop` (per-frame pycocotools merges and Python matching loops,
+- baseline: `tests/eval_loop_reference.evaluate_loop` (per-frame pycocotools merges and Python matching loops,
   as the official code), once; its stats must equal ours.
 For scale, the reference README measured the official evaluator on the held-back case at 3.1 s
 (evaluate + accumulate + summarize, min of 7) plus 3.4-4.6 s loading, on this kind of machine.
@@ -33,9 +33,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import numpy as np  # noqa: E402
 
 from pipelines.evaluation.data import load_ground_truth, load_predictions, read_bytes_in_background  # noqa: E402
-from pipelines.evaluation.loop_reference import evaluate_loop  # noqa: E402
+from tests.eval_loop_reference import evaluate_loop  # noqa: E402
 from pipelines.evaluation.metrics import evaluate  # noqa: E402
-from pipelines.evaluation.synthetic import SyntheticCaseConfig, make_synthetic_case  # noqa: E402
+from tests.eval_synthetic import SyntheticCaseConfig, make_synthetic_case  # noqa: E402
 
 
 def make_case(cache_dir: Path, seed: int) -> tuple[Path, Path]:

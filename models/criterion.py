@@ -11,7 +11,7 @@ the point sampling in normalised coordinates handles the scale difference withou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypedDict
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,26 +21,10 @@ from models.matcher import FrameTarget, HungarianMatcher, MatcherConfig, stack_t
 from models.point_sampling import point_sample, sample_uncertain_points
 
 __all__ = [
-    "ClipTargets",
     "CriterionConfig",
     "SetCriterion",
-    "frame_targets_from_clip",
-    "frame_targets_from_clips",
     "gt_to_query_from_indices",
 ]
-
-
-class ClipTargets(TypedDict):
-    """Ground truth of one clip of T frames with N instances.
-
-    ids: (T, N) int64 track id of instance n at frame t, -1 where it is absent.
-    labels: (N,) int64 class ids in [0, K).
-    masks: (T, N, H, W) bool/float binary masks (all zero where absent).
-    """
-
-    ids: torch.Tensor
-    labels: torch.Tensor
-    masks: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -53,42 +37,6 @@ class CriterionConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
-
-
-def _check_clip(clip: ClipTargets, where: str) -> tuple[int, int]:
-    ids, labels, masks = clip["ids"], clip["labels"], clip["masks"]
-    if ids.dim() != 2:
-        raise ValueError(f"{where}['ids'] must be (T,N), got shape {tuple(ids.shape)}")
-    num_frames, num_instances = ids.shape
-    if labels.shape != (num_instances,):
-        raise ValueError(f"{where}['labels'] must be ({num_instances},), got shape {tuple(labels.shape)}")
-    if masks.dim() != 4 or masks.shape[:2] != (num_frames, num_instances):
-        raise ValueError(f"{where}['masks'] must be ({num_frames},{num_instances},H,W), got shape {tuple(masks.shape)}")
-    return num_frames, num_instances
-
-
-def frame_targets_from_clip(clip: ClipTargets, *, keep_absent: bool = False) -> list[FrameTarget]:
-    """Split a clip's targets into its T per-frame targets.
-
-    With ``keep_absent=False`` (the set criterion) frame t keeps only the instances with
-    ``ids[t] != -1``, in instance order. With ``keep_absent=True`` every frame keeps all N
-    instances, absent ones with their (empty) masks: the released CT-CL matches those too, so
-    that every instance has a query at every frame.
-    """
-    num_frames, _ = _check_clip(clip, "clip")
-    frames: list[FrameTarget] = []
-    for t in range(num_frames):  # T frames, not items: a frame's instance subset is a boolean index
-        present = clip["ids"][t] != -1
-        if keep_absent:
-            frames.append(FrameTarget(labels=clip["labels"], masks=clip["masks"][t]))
-        else:
-            frames.append(FrameTarget(labels=clip["labels"][present], masks=clip["masks"][t][present]))
-    return frames
-
-
-def frame_targets_from_clips(clips: Sequence[ClipTargets], *, keep_absent: bool = False) -> list[FrameTarget]:
-    """Per-frame targets of B clips, flattened video-major (row ``b*T + t``)."""
-    return [frame for clip in clips for frame in frame_targets_from_clip(clip, keep_absent=keep_absent)]
 
 
 def gt_to_query_from_indices(
@@ -236,7 +184,7 @@ class SetCriterion(nn.Module):
             pred_logits: (I, Q, K+1) final class logits of I = B*T frame-images (row ``b*T + t``).
             pred_masks: (I, Q, h, w) final mask logits.
             targets: I frame targets; an instance absent from a frame is not in that frame's
-                target (see :func:`frame_targets_from_clip`).
+                target (as `models.model.CTVISModel` builds them from a ClipBatch).
             aux_outputs: ``(pred_logits, pred_masks)`` of each intermediate decoder prediction.
             num_masks: normaliser of the mask losses. ``None`` counts the targets here; a
                 distributed trainer passes its all-reduced mean over workers instead. Clamped >= 1.

@@ -195,7 +195,7 @@ class CTVISNetwork(nn.Module):
     ) -> Dict[str, object]:
         """images (N, 3, H, W) as from ``preprocess`` -> the decoder's prediction dict (see
         ``MaskedTransformerDecoder.forward``): pred_logits (N, Q, K+1), pred_masks (N, Q, H/4, W/4),
-        pred_embeds (N, Q, C), pred_queries (N, Q, C), pred_bboxes (N, Q, 4), aux_outputs.
+        pred_embeds (N, Q, C), pred_queries (N, Q, C), aux_outputs.
 
         With ``return_intermediates`` it also holds ``backbone_features`` {res2..res5},
         ``mask_features`` (N, mask_dim, H/4, W/4), ``multi_scale_features`` (strides 32, 16, 8)

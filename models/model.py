@@ -26,7 +26,7 @@ from .ctcl import CTCLConfig, CTCLLoss
 from .ctvis import CTVISNetwork, NetworkConfig
 from .matcher import FrameTarget
 from .tracker import TrackerConfig
-from .video_inference import VideoInstances, infer_video as _track_and_postprocess
+from .video_inference import VideoInstances, stream_video_inference
 
 __all__ = ["InferenceConfig", "CTVISConfig", "CTVISModel", "build_model"]
 
@@ -281,7 +281,7 @@ class CTVISModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            instances, _ = _track_and_postprocess(
+            instances, _ = stream_video_inference(
                 self.network,
                 clips,
                 self.config.tracker,

@@ -123,9 +123,8 @@ class MaskedTransformerDecoder(nn.Module):
     ) -> Dict[str, object]:
         """Returns
         ``pred_logits (B, Q, K+1)``, ``pred_masks (B, Q, H, W)``, ``pred_queries (B, Q, C)`` (the
-        normed queries), ``pred_embeds (B, Q, C)`` (re-id), ``pred_bboxes (B, Q, 4)`` (normalised
-        x1y1x2y2 boxes of ``pred_masks > 0``), ``aux_outputs``: list of ``num_layers`` dicts with the
-        first four keys for the earlier predictions (0 = from the learnable queries), and with
+        normed queries), ``pred_embeds (B, Q, C)`` (re-id), ``aux_outputs``: list of ``num_layers``
+        dicts with these four keys for the earlier predictions (0 = from the learnable queries), and with
         ``return_attention_logits`` ``attn_mask_logits``: list of ``num_layers`` (B, Q, h_l, w_l),
         the mask logits each layer thresholds into its attention mask."""
         if len(multi_scale_features) != self.num_feature_levels:
@@ -161,30 +160,7 @@ class MaskedTransformerDecoder(nn.Module):
 
         keys = ("pred_logits", "pred_masks", "pred_queries", "pred_embeds")
         outputs: Dict[str, object] = dict(zip(keys, predictions[-1]))
-        outputs["pred_bboxes"] = normalized_mask_boxes(outputs["pred_masks"])
         outputs["aux_outputs"] = [dict(zip(keys, p)) for p in predictions[:-1]]
         if return_attention_logits:
             outputs["attn_mask_logits"] = attention_logits
         return outputs
-
-
-def normalized_mask_boxes(mask_logits: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) logits -> (..., 4) boxes (x1, y1, x2, y2) of ``logits > 0`` divided by (W, H, W, H);
-    x2/y2 are exclusive (last index + 1); an empty mask gives zeros (detectron2 BitMasks rules)."""
-    with torch.no_grad():
-        foreground = mask_logits > 0
-        height, width = foreground.shape[-2:]
-        columns = foreground.any(-2)  # (..., W)
-        rows = foreground.any(-1)  # (..., H)
-
-        def span(occupied: torch.Tensor, length: int) -> Tuple[torch.Tensor, torch.Tensor]:
-            index = torch.arange(length, device=occupied.device)
-            first = torch.where(occupied, index, length).amin(-1)
-            last = torch.where(occupied, index + 1, 0).amax(-1)
-            empty = ~occupied.any(-1)
-            return first.masked_fill(empty, 0), last
-
-        x1, x2 = span(columns, width)
-        y1, y2 = span(rows, height)
-        boxes = torch.stack([x1, y1, x2, y2], -1).to(torch.float32)
-        return boxes / boxes.new_tensor([width, height, width, height])

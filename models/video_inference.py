@@ -281,7 +281,7 @@ def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[
 
 
 @torch.no_grad()
-def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames: Tensor | Iterable[Tensor],
+def stream_video_inference(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames: Tensor | Iterable[Tensor],
                 tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
                 num_topk: int, chunk_size: int = 5, device: torch.device | str | None = None,
                 mask_storage_device: torch.device | str | None = None,
@@ -296,10 +296,10 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
     keeps, so the chunk's outputs are freed); then the tracks are post-processed.
     """
     if chunk_size < 1:
-        raise ValueError(f"infer_video: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"stream_video_inference: chunk_size must be >= 1, got {chunk_size}")
     if isinstance(frames, Tensor):
         if frames.dim() != 4:
-            raise ValueError(f"infer_video: frames must be (T, 3, H_pad, W_pad), got {tuple(frames.shape)}")
+            raise ValueError(f"stream_video_inference: frames must be (T, 3, H_pad, W_pad), got {tuple(frames.shape)}")
         clips: Iterable[Tensor] = (frames[start:start + chunk_size] for start in range(0, frames.shape[0], chunk_size))
     else:
         clips = frames
@@ -309,20 +309,20 @@ def infer_video(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames:
         if padded_size is None:
             padded_size = tuple(clip.shape[-2:])
         elif tuple(clip.shape[-2:]) != padded_size:
-            raise ValueError(f"infer_video: clip {clip_index} has size {tuple(clip.shape[-2:])}, "
+            raise ValueError(f"stream_video_inference: clip {clip_index} has size {tuple(clip.shape[-2:])}, "
                              f"expected {padded_size}")
         if device is not None:
             clip = clip.to(device)
         outputs = frame_forward(clip)
         for key in ("pred_logits", "pred_masks", "pred_embeds"):
             if key not in outputs:
-                raise KeyError(f"infer_video: frame_forward output of clip {clip_index} lacks {key!r}")
+                raise KeyError(f"stream_video_inference: frame_forward output of clip {clip_index} lacks {key!r}")
             if outputs[key].shape[0] != clip.shape[0]:
-                raise ValueError(f"infer_video: clip {clip_index} {key} has {outputs[key].shape[0]} frames, "
+                raise ValueError(f"stream_video_inference: clip {clip_index} {key} has {outputs[key].shape[0]} frames, "
                                  f"expected {clip.shape[0]}")
         tracker.step_clip(outputs["pred_logits"], outputs["pred_masks"], outputs["pred_embeds"])
     if padded_size is None:
-        raise ValueError("infer_video: the video has no frames")
+        raise ValueError("stream_video_inference: the video has no frames")
     tracks = tracker.finalize()
     instances = inference_tracks(tracks, padded_size, image_size, output_size, num_topk,
                                  planes_per_chunk=planes_per_chunk, mask_device=mask_storage_device)

@@ -197,7 +197,7 @@ class ComputeConfig(_Strict):
                                    "for) when no training step completes for this long")
 
 
-class TrackingConfig(_Strict):
+class MlflowConfig(_Strict):
     tracking_uri: Optional[str] = Field(default=None, description="MLflow URI; default env or ./mlruns")
     experiment_name: Optional[str] = Field(default=None, description="default: the experiment's name")
     registered_model_name: Optional[str] = Field(default=None, description="default: the experiment's name")
@@ -223,7 +223,7 @@ class PlatformConfig(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     compute: ComputeConfig = ComputeConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: MlflowConfig = MlflowConfig()
     storage: StorageConfig = StorageConfig()
 
 
@@ -323,7 +323,7 @@ class Experiment:
         return self.platform.compute
 
     @property
-    def tracking(self) -> TrackingConfig:
+    def tracking(self) -> MlflowConfig:
         return self.platform.tracking
 
     @property

@@ -60,7 +60,7 @@ def resolve_weights(uri: str, tracking_uri: Optional[str] = None) -> WeightsSour
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from pipelines.tracking import resolve_tracking_uri
+        from pipelines.mlflow_runs import resolve_tracking_uri
 
         registry = resolve_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=registry, registry_uri=registry)

@@ -4,16 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.criterion import (
-    ClipTargets,
-    CriterionConfig,
-    SetCriterion,
-    frame_targets_from_clip,
-    frame_targets_from_clips,
-    gt_to_query_from_indices,
-)
+from models.criterion import CriterionConfig, SetCriterion, gt_to_query_from_indices
 from models.matcher import FrameTarget, HungarianMatcher, MatcherConfig
 from models.point_sampling import point_sample
+from tests.criterion_support import ClipTargets, frame_targets_from_clip, frame_targets_from_clips
 from tests.test_point_sampling import straightforward_uncertain_points
 
 SMALL = CriterionConfig(num_points=256)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.ctcl import CTCLConfig, CTCLLoss, RandomChooser, RecordedNegativesChooser, ctcl_loss
+from models.ctcl import CTCLConfig, CTCLLoss, RandomChooser, ctcl_loss
+from tests.ctcl_replay import RecordedNegativesChooser
 from tests.ctcl_loop_reference import ctcl_loop
 
 ITEM_TABLE = "item_b_t_instance_posframe_negframe_negallqueries"

@@ -13,7 +13,7 @@ from pipelines.evaluation import data
 from pipelines.evaluation.data import InputError, load_ground_truth, load_predictions, predictions_from_list
 from pipelines.evaluation.metrics import evaluate
 from pipelines.evaluation.rle import FRAME_PATTERN, FrameTable
-from pipelines.evaluation.synthetic import SyntheticCaseConfig, make_synthetic_case
+from tests.eval_synthetic import SyntheticCaseConfig, make_synthetic_case
 
 
 @pytest.fixture(scope="module")

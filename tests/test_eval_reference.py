@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.evaluation.benchmarks import run_evaluation
+from pipelines.evaluation.suites import run_evaluation
 from pipelines.evaluation.data import load_ground_truth, load_predictions
 from pipelines.evaluation.metrics import MAX_DETECTIONS, evaluate
 

@@ -11,9 +11,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipelines.evaluation.data import InputError, load_ground_truth, load_predictions, predictions_from_list
-from pipelines.evaluation.loop_reference import evaluate_loop
+from tests.eval_loop_reference import evaluate_loop
 from pipelines.evaluation.metrics import evaluate
-from pipelines.evaluation.synthetic import SyntheticCaseConfig, make_synthetic_case
+from tests.eval_synthetic import SyntheticCaseConfig, make_synthetic_case
 from pipelines.evaluation.writer import video_results, write_results, write_submission_zip
 
 

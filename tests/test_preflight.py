@@ -160,25 +160,25 @@ def test_under_a_ray_job_run_storage_and_tracking_must_survive_the_job(monkeypat
 
 # -- 5. resume with another config ------------------------------------------------------------------------------
 def test_resuming_a_run_with_a_changed_config_is_an_error_unless_asked(tmp_path):
-    from pipelines.tracking import RunTracker
+    from pipelines.mlflow_runs import MlflowRun
     from pipelines.train import state
     from pipelines.train.job import _start_tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs_root = str(tmp_path / "runs")
     first = load_experiment(TINY, ["train.optimizer.lr=1e-4"])
-    assert _start_tracking(first, RunTracker(uri, workdir=str(tmp_path)), runs_root, "r", print) is False
-    same = _start_tracking(first, RunTracker(uri, workdir=str(tmp_path)), runs_root, "r", print)
+    assert _start_tracking(first, MlflowRun(uri, workdir=str(tmp_path)), runs_root, "r", print) is False
+    same = _start_tracking(first, MlflowRun(uri, workdir=str(tmp_path)), runs_root, "r", print)
     assert same is True
     changed = load_experiment(TINY, ["train.optimizer.lr=5e-4", "train.schedule.max_iter=80"])
     with pytest.raises(PreflightError) as caught:
-        _start_tracking(changed, RunTracker(uri, workdir=str(tmp_path)), runs_root, "r", print)
+        _start_tracking(changed, MlflowRun(uri, workdir=str(tmp_path)), runs_root, "r", print)
     message = str(caught.value)
     assert "train.optimizer.lr: 0.0001 -> 0.0005" in message and "train.schedule.max_iter: 40 -> 80" in message
     assert "--resume-changed" in message
-    tracker = RunTracker(uri, workdir=str(tmp_path))
-    assert _start_tracking(changed, tracker, runs_root, "r", print, resume_changed=True) is True
-    run = tracker.client.get_run(tracker.run_id)
+    mlflow_run = MlflowRun(uri, workdir=str(tmp_path))
+    assert _start_tracking(changed, mlflow_run, runs_root, "r", print, resume_changed=True) is True
+    run = mlflow_run.client.get_run(mlflow_run.run_id)
     assert "train.optimizer.lr: 0.0001 -> 0.0005" in run.data.tags["resume_changed_at_start_3"]
     assert state.read_run_info(runs_root, "r")["config_hash"] == changed.config_hash()
 

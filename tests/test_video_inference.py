@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.tracker import TrackerConfig, track_video
-from models.video_inference import VideoInstances, infer_video, inference_tracks, inference_video
+from models.video_inference import VideoInstances, inference_tracks, inference_video, stream_video_inference
 from tests.tracker_oracle import oracle_inference_video, synthetic_detections
 
 
@@ -122,7 +122,7 @@ def test_empty_and_small_inputs():
         inference_video(torch.randn(1, 3), torch.randn(1, 2, 8, 8), (32, 32), (40, 32), (32, 32), num_topk=2)
 
 
-def test_infer_video_chunks_equal_whole_video():
+def test_streamed_inference_chunks_equal_whole_video():
     logits, masks, embeds = synthetic_detections(11, mask_size=(24, 40), seed=2)
     frames = torch.arange(11, dtype=torch.float32)[:, None, None, None].expand(11, 3, 96, 160)
     calls = []
@@ -133,7 +133,7 @@ def test_infer_video_chunks_equal_whole_video():
         return {"pred_logits": logits[index], "pred_masks": masks[index], "pred_embeds": embeds[index]}
 
     config = TrackerConfig(num_classes=40)
-    instances, tracks = infer_video(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
+    instances, tracks = stream_video_inference(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
                                     num_topk=40, chunk_size=4)
     assert calls == [4, 4, 3]
     expected_tracks, _ = track_video(config, logits, masks, embeds)
@@ -142,7 +142,7 @@ def test_infer_video_chunks_equal_whole_video():
                                (90, 150), num_topk=40)
     assert torch.equal(instances.scores, expected.scores) and torch.equal(instances.masks, expected.masks)
     with pytest.raises(KeyError, match="pred_embeds"):
-        infer_video(lambda images: {"pred_logits": logits[:1], "pred_masks": masks[:1]}, frames[:1], config,
+        stream_video_inference(lambda images: {"pred_logits": logits[:1], "pred_masks": masks[:1]}, frames[:1], config,
                     (90, 150), (90, 150), num_topk=40)
 
 

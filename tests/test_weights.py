@@ -99,7 +99,7 @@ def test_checkpoint_directory_uses_its_state(tiny_config, tmp_path):
 
 
 def test_registry_uris_resolve_to_a_pinned_version(tiny_config, tmp_path):
-    from pipelines.tracking import RunTracker
+    from pipelines.mlflow_runs import MlflowRun
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     torch.manual_seed(4)
@@ -107,11 +107,11 @@ def test_registry_uris_resolve_to_a_pinned_version(tiny_config, tmp_path):
     weights_dir = tmp_path / "model"
     weights_dir.mkdir()
     _save_ours(source, weights_dir / "model.pt")
-    tracker = RunTracker(uri, workdir=str(tmp_path))
-    tracker.start("weights-test", run_name="r")
-    tracker.log_artifact(weights_dir, "model")
-    version = tracker.register_model("tinyw", "model", aliases=["best"])
-    tracker.end()
+    mlflow_run = MlflowRun(uri, workdir=str(tmp_path))
+    mlflow_run.start("weights-test", run_name="r")
+    mlflow_run.log_artifact(weights_dir, "model")
+    version = mlflow_run.register_model("tinyw", "model", aliases=["best"])
+    mlflow_run.end()
 
     pinned = resolve_weights("models:/tinyw@best", uri)
     assert pinned.location == f"models:/tinyw/{version.version}" and pinned.registry_version == f"tinyw/{version.version}"

@@ -6,9 +6,9 @@ Modules (import them directly; this package imports nothing so that `ctvis eval`
   standard library only, so `ctvis eval` starts unzipping before it imports numpy.
 - `data`: read ground truth and results files (plain or .gz) into flat arrays.
 - `metrics`: `evaluate(gt, preds, benchmark)` -> `Evaluation` (stats, precision, recall, per category).
-- `benchmarks`: `run_evaluation(...)` for ytvis / ovis / ytvis2022 (short / long split), input checks.
+- `suites`: `run_evaluation(...)` for the metric suites ytvis / ovis / ytvis2022 (short / long split),
+  with the input checks.
 - `writer`: model outputs -> official results JSON and the CodaLab submission zip.
 - `parallel`: spread the mask-intersection work over Ray workers.
 - `command`: the `ctvis eval` verb.
-- `synthetic`: deterministic synthetic ground truth and predictions (tests, benchmark).
 """

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         # the evaluator are imported and the GT is parsed; the results file (the big one) first.
         results_bytes = read_bytes_in_background(args.results)
         gt_bytes = {path: read_bytes_in_background(path) for path in (args.gt, args.gt_short, args.gt_long) if path}
-        from .benchmarks import run_evaluation
+        from .suites import run_evaluation
         from .data import load_ground_truth, load_predictions
 
         def ground_truth(path):

@@ -69,13 +69,13 @@ def ray_storage(runs_root: str) -> tuple[str, Any]:
     return path, filesystem
 
 
-def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str, log: Callable[[str], None],
+def _start_tracking(experiment: Any, mlflow_run: Any, runs_root: str, run_name: str, log: Callable[[str], None],
                     resume_changed: bool = False) -> bool:
     """Create or reattach the MLflow run; returns True when reattached.
 
     A run is continued only with the config it was started with: a different config hash is an
     error naming the keys that differ, unless `resume_changed` (then the change is recorded in the run)."""
-    from pipelines.tracking import experiment_tags
+    from pipelines.mlflow_runs import experiment_tags
 
     mlflow_experiment = experiment.tracking.experiment_name or experiment.name
     info = state.read_run_info(runs_root, run_name)
@@ -95,28 +95,28 @@ def _start_tracking(experiment: Any, tracker: Any, runs_root: str, run_name: str
                 f"run '{run_name}' in {where} was started with another config ({listed}). Run it with the "
                 f"config it was started with, choose a new train.run_name, or pass --resume-changed to continue "
                 f"this run with the new config (recorded in its MLflow run)")
-    if info is not None and info.get("mlflow_run_id") and info.get("tracking_uri") == tracker.tracking_uri:
-        tracker.start(mlflow_experiment, run_id=info["mlflow_run_id"])
+    if info is not None and info.get("mlflow_run_id") and info.get("tracking_uri") == mlflow_run.tracking_uri:
+        mlflow_run.start(mlflow_experiment, run_id=info["mlflow_run_id"])
         starts = int(info.get("driver_starts", 1)) + 1
-        tracker.set_tags({"driver_starts": starts})
+        mlflow_run.set_tags({"driver_starts": starts})
         updated = {**info, "driver_starts": starts, "updated_at": time.time()}
         if changes:
             log(f"continuing run '{run_name}' with a changed config (--resume-changed): {'; '.join(changes)}")
-            tracker.set_tags({f"resume_changed_at_start_{starts}": "; ".join(changes)[:4900]})
-            tracker.log_text(experiment.to_yaml(), f"config/resolved_driver_start_{starts}.yaml")
+            mlflow_run.set_tags({f"resume_changed_at_start_{starts}": "; ".join(changes)[:4900]})
+            mlflow_run.log_text(experiment.to_yaml(), f"config/resolved_driver_start_{starts}.yaml")
             updated.update(config_hash=experiment.config_hash(), config=params)
         state.write_run_info(runs_root, run_name, updated)
-        log(f"reattached to MLflow run {tracker.run_id} (driver start {starts})")
+        log(f"reattached to MLflow run {mlflow_run.run_id} (driver start {starts})")
         return True
     tags = {**experiment_tags(experiment), "ray_run_name": run_name, "ray_run_dir": where}
-    tracker.start(mlflow_experiment, run_name=run_name, tags=tags)
-    tracker.log_experiment_config(experiment)
+    mlflow_run.start(mlflow_experiment, run_name=run_name, tags=tags)
+    mlflow_run.log_experiment_config(experiment)
     state.write_run_info(runs_root, run_name, {
-        "mlflow_run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri, "experiment": experiment.name,
+        "mlflow_run_id": mlflow_run.run_id, "tracking_uri": mlflow_run.tracking_uri, "experiment": experiment.name,
         "config_hash": experiment.config_hash(), "config": params, "driver_starts": 1, "created_at": time.time(),
         "finished": False,
     })
-    log(f"MLflow run {tracker.run_id} ({storage.redact(tracker.tracking_uri)})")
+    log(f"MLflow run {mlflow_run.run_id} ({storage.redact(mlflow_run.tracking_uri)})")
     return False
 
 
@@ -172,12 +172,12 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
     )
 
 
-def _metric_curves(tracker: Any, keys: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
+def _metric_curves(mlflow_run: Any, keys: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
     """{key: (steps, values)} from the run's history; a step logged twice (re-run after a restart
     from a checkpoint) keeps its latest value."""
     curves = {}
     for key in keys:
-        history = tracker.client.get_metric_history(tracker.run_id, key)
+        history = mlflow_run.client.get_metric_history(mlflow_run.run_id, key)
         by_step: dict[int, tuple[int, float]] = {}
         for m in history:
             if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
@@ -188,12 +188,12 @@ def _metric_curves(tracker: Any, keys: tuple[str, ...]) -> dict[str, tuple[list[
     return curves
 
 
-def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], final_step: int, final_loss: float):
+def _register(experiment: Any, mlflow_run: Any, val_metrics: dict[str, float], final_step: int, final_loss: float):
     from mlflow.exceptions import MlflowException
 
     name = experiment.tracking.registered_model_name or experiment.name
     try:
-        if not tracker.client.list_artifacts(tracker.run_id, "model"):
+        if not mlflow_run.client.list_artifacts(mlflow_run.run_id, "model"):
             return None  # no weights were logged (rank 0 logs them at the final step)
     except MlflowException:
         return None
@@ -201,11 +201,11 @@ def _register(experiment: Any, tracker: Any, val_metrics: dict[str, float], fina
                              if k.split("/", 1)[-1] in ("AP", "AP50", "AP75", "AR1", "AR10"))
     description = (f"{experiment.name}: {final_step} steps, final loss {final_loss:.4f}. "
                    f"Validation ({experiment.eval.benchmark}, x100): {metrics_text or 'not run'}. "
-                   f"MLflow run {tracker.run_id}; config hash {experiment.config_hash()}.")
+                   f"MLflow run {mlflow_run.run_id}; config hash {experiment.config_hash()}.")
     tags = {k.replace("/", "_"): f"{v:.4f}" for k, v in val_metrics.items()}
     tags.update({"final_step": final_step, "final_loss": f"{final_loss:.6f}", "config_hash": experiment.config_hash(),
                  "model_preset": experiment.model_preset})
-    return tracker.register_model(name, "model", description=description, tags=tags)
+    return mlflow_run.register_model(name, "model", description=description, tags=tags)
 
 
 def prepare(experiment: Any, log: Callable[[str], None] = print) -> Any:
@@ -228,7 +228,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     cluster's resources and the initial weights); while it trains, the driver prints progress
     (step, loss, clips/s, ETA) and says when no step completes for `compute.stall_timeout_s`."""
     from pipelines.ray_runtime import connect
-    from pipelines.tracking import RunTracker, default_tracking_uri
+    from pipelines.mlflow_runs import MlflowRun, default_tracking_uri
     from pipelines.train.visualize import loss_curve_plot
 
     started = time.time()
@@ -239,10 +239,10 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     init_weights = check_init_weights(experiment, registry, log)
     cluster = connect(ray_address, log=log)
     check_cluster(experiment, cluster, log)
-    tracker = RunTracker(experiment.tracking.tracking_uri)
-    resumed = _start_tracking(experiment, tracker, runs_root, run_name, log, resume_changed)
-    trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=tracker.tracking_uri,
-                            mlflow_run_id=tracker.run_id, worker_env=worker_env, init_weights=init_weights)
+    mlflow_run = MlflowRun(experiment.tracking.tracking_uri)
+    resumed = _start_tracking(experiment, mlflow_run, runs_root, run_name, log, resume_changed)
+    trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=mlflow_run.tracking_uri,
+                            mlflow_run_id=mlflow_run.run_id, worker_env=worker_env, init_weights=init_weights)
     watchdog = ProgressWatchdog(runs_root, run_name, experiment.train.schedule.max_iter,
                                 experiment.compute.stall_timeout_s, log)
     try:
@@ -251,24 +251,24 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
         if getattr(result, "error", None) is not None:
             raise result.error
     except (KeyboardInterrupt, SystemExit) as stop:
-        tracker.end("KILLED")  # stopped, not broken: running the same command again continues it
+        mlflow_run.end("KILLED")  # stopped, not broken: running the same command again continues it
         if isinstance(stop, SystemExit) and type(stop) is SystemExit:
             # Ray ends a fit() interrupted by SIGINT (its graceful abort) or by a signal inside ray.get
             # with a bare SystemExit; to the caller it is an interruption.
             raise KeyboardInterrupt from None
         raise
     except BaseException:
-        tracker.end("FAILED")
+        mlflow_run.end("FAILED")
         raise
     _prune_checkpoints(runs_root, run_name, experiment.train.keep_checkpoints, log)
     metrics = dict(result.metrics or {})
     final_step = int(metrics.get("step", 0))
     final_loss = float(metrics.get("loss", float("nan")))
     val_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
-    tracker.log_bytes(loss_curve_plot(_metric_curves(tracker, PLOTTED_LOSSES), title=f"{experiment.name} losses"),
+    mlflow_run.log_bytes(loss_curve_plot(_metric_curves(mlflow_run, PLOTTED_LOSSES), title=f"{experiment.name} losses"),
                       "plots/loss_curves.png")
-    registered = _register(experiment, tracker, val_metrics, final_step, final_loss)
-    tracker.end("FINISHED")
+    registered = _register(experiment, mlflow_run, val_metrics, final_step, final_loss)
+    mlflow_run.end("FINISHED")
     info = state.read_run_info(runs_root, run_name) or {}
     state.write_run_info(runs_root, run_name, {**info, "finished": True, "final_step": final_step,
                                                "finished_at": time.time()})
@@ -277,8 +277,8 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
         path = result.checkpoint.path
         checkpoint_uri = path if not storage.is_remote(runs_root) else f"s3://{path}"
     return TrainingSummary(
-        experiment_name=experiment.name, run_name=run_name, mlflow_run_id=tracker.run_id,
-        tracking_uri=storage.redact(tracker.tracking_uri), artifact_uri=tracker.artifact_uri(),
+        experiment_name=experiment.name, run_name=run_name, mlflow_run_id=mlflow_run.run_id,
+        tracking_uri=storage.redact(mlflow_run.tracking_uri), artifact_uri=mlflow_run.artifact_uri(),
         run_dir=storage.redact(state.run_dir(runs_root, run_name)), final_step=final_step, final_loss=final_loss,
         val_metrics=val_metrics, checkpoint=checkpoint_uri,
         registered_model=registered.name if registered else None,

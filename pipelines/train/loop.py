@@ -108,7 +108,7 @@ def train_worker(config: dict) -> None:
     import ray.train.torch
 
     from models.model import build_model
-    from pipelines.tracking import RunTracker
+    from pipelines.mlflow_runs import MlflowRun
     from pipelines.train import data as train_data
     from pipelines.train import validation
 
@@ -123,8 +123,8 @@ def train_worker(config: dict) -> None:
     per_rank = train_cfg.batch_size // world_size
     _configure_ray_data(experiment)
 
-    tracker = RunTracker(config["tracking_uri"], enabled=rank == 0)
-    tracker.start(config["experiment_name"], run_id=config["mlflow_run_id"])
+    mlflow_run = MlflowRun(config["tracking_uri"], enabled=rank == 0)
+    mlflow_run.start(config["experiment_name"], run_id=config["mlflow_run_id"])
 
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
     model = build_model(experiment.model).to(device)
@@ -148,12 +148,12 @@ def train_worker(config: dict) -> None:
             raise ValueError(f"checkpoint at step {start_step}: data position {resumed.data_position} does not match "
                              f"batch size {train_cfg.batch_size}; resume with the experiment's original batch size")
         if rank == 0:
-            tracker.set_tags({"resumed_from_step": start_step})
+            mlflow_run.set_tags({"resumed_from_step": start_step})
     elif config.get("init_weights") is not None:
         source = config["init_weights"]  # pinned and checked by the driver (pipelines.weights)
         report = load_weights(model, source)
-        tracker.log_text(report, "init/load_report.txt")
-        tracker.set_tags({"init_weights": storage.redact(source.uri),
+        mlflow_run.log_text(report, "init/load_report.txt")
+        mlflow_run.set_tags({"init_weights": storage.redact(source.uri),
                           **({"init_weights_version": source.registry_version} if source.registry_version else {})})
 
     network = model
@@ -219,7 +219,7 @@ def train_worker(config: dict) -> None:
                        "train/data_wait_s": data_wait, "train/step_time_s": step_time, "train/num_masks": num_masks}
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
-            tracker.log_metrics(metrics, step=completed)
+            mlflow_run.log_metrics(metrics, step=completed)
             if rank == 0:
                 state.write_progress(config["runs_root"], config["run_name"], {
                     "step": completed, "loss": summary["loss_total"],
@@ -231,11 +231,11 @@ def train_worker(config: dict) -> None:
         if validate_now:
             outcome = validation.validate(model, val_set, experiment.eval.benchmark, device)
             val_metrics = outcome.metrics
-            tracker.log_metrics(val_metrics, step=completed)
+            mlflow_run.log_metrics(val_metrics, step=completed)
             if final:
-                _log_final_artifacts(tracker, experiment, model, val_set, outcome)
+                _log_final_artifacts(mlflow_run, experiment, model, val_set, outcome)
         elif final and rank == 0:
-            _log_final_artifacts(tracker, experiment, model, None, None)
+            _log_final_artifacts(mlflow_run, experiment, model, None, None)
 
         if completed % train_cfg.checkpoint_period == 0 or final:
             report = {"step": completed, "loss": summary["loss_total"], **(val_metrics if rank == 0 else {})}
@@ -261,9 +261,9 @@ def train_worker(config: dict) -> None:
             val_metrics = {}
 
 
-def _log_final_artifacts(tracker: Any, experiment: Any, model: torch.nn.Module, val_set: Any, outcome: Any) -> None:
+def _log_final_artifacts(mlflow_run: Any, experiment: Any, model: torch.nn.Module, val_set: Any, outcome: Any) -> None:
     """Rank 0 at the end: weights + resolved config (registered by the driver), results and overlays."""
-    if not tracker.enabled:
+    if not mlflow_run.enabled:
         return
     from pipelines.train import validation
 
@@ -272,15 +272,15 @@ def _log_final_artifacts(tracker: Any, experiment: Any, model: torch.nn.Module, 
         weights.mkdir()
         torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, weights / "model.pt")
         (weights / "config.yaml").write_text(experiment.to_yaml())
-        tracker.log_artifact(weights, "model")
+        mlflow_run.log_artifact(weights, "model")
     if outcome is None:
         return
-    tracker.log_dict(outcome.results, "results/val_results.json")
-    tracker.log_dict({k: v for k, v in outcome.metrics.items()}, "results/val_metrics.json")
-    tracker.log_text(outcome.table + "\n", "results/val_table.txt")
+    mlflow_run.log_dict(outcome.results, "results/val_results.json")
+    mlflow_run.log_dict({k: v for k, v in outcome.metrics.items()}, "results/val_metrics.json")
+    mlflow_run.log_text(outcome.table + "\n", "results/val_table.txt")
     for video in val_set.videos[: experiment.eval.visualize_videos]:
         png = validation.overlay_png(video, outcome.predictions[video.video_id], val_set)
-        tracker.log_bytes(png, f"visualizations/video_{video.video_id}.png")
+        mlflow_run.log_bytes(png, f"visualizations/video_{video.video_id}.png")
 
 
 def worker_environment() -> dict[str, str]:

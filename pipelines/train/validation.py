@@ -5,7 +5,7 @@ writes them): frames are decoded and resized as detectron2's test mapper does
 (`ResizeShortestEdge(min_size_test, max_size_test)`, bilinear), the model runs online over each
 whole video (`CTVISModel.infer_video`), and the predictions at the original resolution become the
 official results JSON (`evaluation.writer.video_results`), scored by the official YTVIS / OVIS
-metrics (`evaluation.benchmarks.run_evaluation`) against the split's own annotations exported
+metrics (`evaluation.suites.run_evaluation`) against the split's own annotations exported
 from the shards. Metrics are reported x100 (as papers), prefixed ``val/``.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def predict(model: Any, videos: Sequence[ValidationVideo], device: torch.device)
 
 def evaluate_predictions(predictions: dict[int, Any], val_set: ValidationSet, benchmark: str) -> ValidationOutcome:
     """Official metrics of `predictions` on `val_set` (ytvis or ovis)."""
-    from pipelines.evaluation.benchmarks import run_evaluation
+    from pipelines.evaluation.suites import run_evaluation
     from pipelines.evaluation.command import _format_table
     from pipelines.evaluation.data import load_ground_truth, predictions_from_list
     from pipelines.evaluation.writer import video_results

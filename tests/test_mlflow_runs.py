@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipelines import tracking
+from pipelines import mlflow_runs
 from pipelines.config import build_experiment
 
 
@@ -32,20 +32,20 @@ def _experiment():
     return build_experiment(raw, "inline.yaml", preset_table={"p": _Model})
 
 
-def _log_a_run(tracker: tracking.RunTracker, tmp_path):
+def _log_a_run(mlflow_run: mlflow_runs.MlflowRun, tmp_path):
     exp = _experiment()
-    run_id = tracker.start("tracking-test", run_name="unit")
-    tracker.log_experiment_config(exp)
+    run_id = mlflow_run.start("tracking-test", run_name="unit")
+    mlflow_run.log_experiment_config(exp)
     for step in range(3):
-        tracker.log_metrics({"loss": 1.0 / (step + 1), "lr": 1e-4}, step=step)
+        mlflow_run.log_metrics({"loss": 1.0 / (step + 1), "lr": 1e-4}, step=step)
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "model.pt").write_bytes(b"\x00" * 1024)
-    tracker.log_artifact(weights, "weights")
-    version = tracker.register_model(
+    mlflow_run.log_artifact(weights, "weights")
+    version = mlflow_run.register_model(
         "ctvis-test-model", "weights", description="AP 12.3", tags={"ap": "12.3"}, aliases=["champion"]
     )
-    tracker.end()
+    mlflow_run.end()
     return exp, run_id, version
 
 
@@ -74,14 +74,14 @@ def _check_run(client, exp, run_id):
 def test_tracking_against_a_real_mlflow_server(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    tracker = tracking.RunTracker(tracking_uri=mlflow_server.tracking_uri)
-    exp, run_id, version = _log_a_run(tracker, tmp_path)
+    mlflow_run = mlflow_runs.MlflowRun(tracking_uri=mlflow_server.tracking_uri)
+    exp, run_id, version = _log_a_run(mlflow_run, tmp_path)
     client = MlflowClient(mlflow_server.tracking_uri)
     _check_run(client, exp, run_id)
     # artifacts went through the server's proxy into the S3 bucket
     assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
 
-    by_alias = tracking.get_model_version("ctvis-test-model", alias="champion", tracking_uri=mlflow_server.tracking_uri)
+    by_alias = mlflow_runs.get_model_version("ctvis-test-model", alias="champion", tracking_uri=mlflow_server.tracking_uri)
     assert by_alias.version == version.version
     assert by_alias.run_id == run_id
     assert by_alias.aliases == ("champion",)
@@ -93,25 +93,25 @@ def test_tracking_against_a_real_mlflow_server(mlflow_server, tmp_path):
 def test_embedded_default_store_in_working_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    tracker = tracking.RunTracker()
-    assert tracker.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    exp, run_id, version = _log_a_run(tracker, tmp_path)
+    mlflow_run = mlflow_runs.MlflowRun()
+    assert mlflow_run.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    exp, run_id, version = _log_a_run(mlflow_run, tmp_path)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracker.tracking_uri)
+    client = MlflowClient(mlflow_run.tracking_uri)
     _check_run(client, exp, run_id)
     assert (tmp_path / "mlruns" / "artifacts" / "tracking-test").is_dir()
-    assert tracking.get_model_version("ctvis-test-model", alias="champion").version == "1"
+    assert mlflow_runs.get_model_version("ctvis-test-model", alias="champion").version == "1"
 
 
 def test_reattach_to_a_run_by_id(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    first = tracking.RunTracker()
+    first = mlflow_runs.MlflowRun()
     run_id = first.start("reattach")
     first.log_metrics({"loss": 2.0}, step=0)
     first.end("KILLED")
-    second = tracking.RunTracker()
+    second = mlflow_runs.MlflowRun()
     assert second.start("reattach", run_id=run_id) == run_id
     second.log_metrics({"loss": 1.0}, step=1)
     second.end()
@@ -124,10 +124,10 @@ def test_reattach_to_a_run_by_id(tmp_path, monkeypatch):
 
 def test_disabled_tracker_is_a_no_op(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tracker = tracking.RunTracker(enabled=False)
-    assert tracker.start("x") is None
-    tracker.log_metrics({"a": 1}, step=0)
-    tracker.log_experiment_config(_experiment())
-    assert tracker.register_model("m", "weights") is None
-    tracker.end()
+    mlflow_run = mlflow_runs.MlflowRun(enabled=False)
+    assert mlflow_run.start("x") is None
+    mlflow_run.log_metrics({"a": 1}, step=0)
+    mlflow_run.log_experiment_config(_experiment())
+    assert mlflow_run.register_model("m", "weights") is None
+    mlflow_run.end()
     assert not (tmp_path / "mlruns").exists()

@@ -7,8 +7,8 @@ Where runs go:
   ``./mlruns/mlflow.db`` (runs and registry) with artifacts under ``./mlruns/artifacts``. No server
   is needed; browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
 
-Only rank 0 writes: build the tracker with ``enabled=(rank == 0)``; on other ranks every method is a
-no-op. The client API is used throughout (no fluent global state), so several trackers can coexist
+Only rank 0 writes: build the run with ``enabled=(rank == 0)``; on other ranks every method is a
+no-op. The client API is used throughout (no fluent global state), so several runs can coexist
 in one process and a run can be reattached by id after a restart.
 """
 from __future__ import annotations
@@ -80,8 +80,8 @@ class RegisteredVersion:
     tags: dict[str, str]
 
 
-class RunTracker:
-    """One MLflow run. Disabled trackers (ranks other than 0) do nothing."""
+class MlflowRun:
+    """One MLflow run. A disabled one (ranks other than 0) does nothing."""
 
     def __init__(self, tracking_uri: Optional[str] = None, enabled: bool = True, workdir: str | None = None):
         self.enabled = enabled
@@ -144,7 +144,7 @@ class RunTracker:
         if self.enabled and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
 
-    def __enter__(self) -> "RunTracker":
+    def __enter__(self) -> "MlflowRun":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -153,7 +153,7 @@ class RunTracker:
     # -- logging -----------------------------------------------------------------------------
     def _require_run(self) -> str:
         if not self.run_id:
-            raise RuntimeError("RunTracker: start() a run first")
+            raise RuntimeError("MlflowRun: start() a run first")
         return self.run_id
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:

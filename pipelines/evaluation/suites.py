@@ -1,4 +1,5 @@
-"""One entry point for the three benchmarks, with the input checks the official code does not make.
+"""One entry point for the three metric suites (each benchmark's official metric set), with the input
+checks the official code does not make.
 
 - ytvis: YouTube-VIS 2019 / 2021 (12 stats).
 - ovis: OVIS, 18 stats with the occlusion buckets (needs per-frame `occlusion` labels).

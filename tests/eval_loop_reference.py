@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .metrics import AREA_RANGES, IOU_THRESHOLDS, MAX_DETECTIONS, RECALL_THRESHOLDS, summarize
+from pipelines.evaluation.metrics import AREA_RANGES, IOU_THRESHOLDS, MAX_DETECTIONS, RECALL_THRESHOLDS, summarize
 
 
 def _to_rle(segmentation, height, width):

@@ -6,7 +6,7 @@ measures on the same cores:
 
   decode_fps    the raw JPEG decode rate of exactly the frames the epoch's clips use (bytes already
                 in memory, one process per core, Pillow) -- the bound
-  pipeline_fps  frames per second delivered as collated `ClipBatch`es by build_clip_dataset +
+  pipeline_fps  frames per second delivered as collated `ClipBatch`es by clip_dataset +
                 iter_clip_batches at the R50 YTVIS recipe's clip settings (10 frames within +-20,
                 shortest edge 320-640 capped at 768, flip, moving crop 384-600 on half the clips),
                 steady state after the first batch
@@ -78,7 +78,7 @@ def run(args, root: str) -> dict:
     from pipelines.data.augment import augment_clip
     from pipelines.data.ingest import IngestOptions, ingest
     from pipelines.data.pipeline import (
-        ROW_COLUMNS, build_clip_dataset, clip_index_for, decoder_spec, iter_clip_batches, load_train_manifests,
+        ROW_COLUMNS, clip_dataset, clip_index_for, decoder_spec, iter_clip_batches, load_train_manifests,
     )
     from pipelines.data.shards import ShardReader
 
@@ -128,8 +128,8 @@ def run(args, root: str) -> dict:
                                      spec.video_augmentation, spec.class_index[0])
         serial_fps = args.serial_clips * T / (time.perf_counter() - t0)
 
-        ds = build_clip_dataset(data_config, epoch=0, seed=0, num_clips=args.clips,
-                                decode_workers=args.decoders or args.cpus, cpus_per_decoder=1.0, clips_per_block=1)
+        ds = clip_dataset(data_config, manifests, index, clips_per_block=1, decode_workers=args.decoders or args.cpus,
+                          cpus_per_decoder=1.0)
         frames = 0
         first = None
         t_start = time.perf_counter()

@@ -1,5 +1,6 @@
 """End to end: synthetic data to S3 (moto), ingested to shards in S3 on Ray, sampled and augmented
-by Ray Data into clip batches inside a 2-worker Ray Train run; plus the `ctvis data` CLI."""
+by Ray Data into clip batches, on the driver and inside a 2-worker Ray Train run (each rank its own
+share, as training streams it); plus the `ctvis data` CLI."""
 from __future__ import annotations
 
 import json
@@ -36,15 +37,23 @@ def _clip_digest(batch, i: int) -> str:
 
 
 def _train_loop(config):
+    """Each rank streams its own clips as training does (pipelines.train.data), from start_step on."""
     import ray.train
 
-    from pipelines.data.pipeline import iter_clip_batches
+    from pipelines.train.data import iter_rank_batches, rank_clip_dataset, rank_positions
 
     ctx = ray.train.get_context()
-    shard = ray.train.get_dataset_shard("train")
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    batch_size, max_iter, start = config["batch_size"], config["max_iter"], config["start_step"]
+    expected = rank_positions(start, max_iter - start, batch_size, world, rank)
+    dataset = rank_clip_dataset(config["data_config"], seed=5, max_iter=max_iter, batch_size=batch_size,
+                                start_step=start, world_size=world, rank=rank, cpus_per_decoder=0.25)
     seen = []
-    for batch, positions in iter_clip_batches(shard, batch_size=2, size_divisibility=32, return_positions=True):
+    done = 0
+    for batch in iter_rank_batches(dataset, batch_size // world, 32, expected):
         batch.validate(32, num_classes=3)
+        positions = expected[done:done + batch.batch_size]
+        done += batch.batch_size
         seen.append({
             "positions": positions.tolist(),
             "images": list(batch.images.shape),
@@ -55,7 +64,7 @@ def _train_loop(config):
             "dataset_index": batch.dataset_index.tolist(),
             "digests": [_clip_digest(batch, i) for i in range(batch.batch_size)],
         })
-    with open(f"{config['out']}/rank{ctx.get_world_rank()}.json", "w") as f:
+    with open(f"{config['out']}/rank{rank}.json", "w") as f:
         json.dump(seen, f)
     ray.train.report({"batches": len(seen)})
 
@@ -67,7 +76,7 @@ def test_synthetic_s3_ingest_and_two_worker_train_batches(ray_local, s3_bucket, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.data.pipeline import build_clip_dataset, iter_clip_batches
+    from pipelines.data.pipeline import clip_dataset, clip_index_for, iter_clip_batches, load_train_manifests
 
     root = f"s3://{s3_bucket}"
     videos = synth.generate(f"{root}/raw/videos", synth.SynthConfig(num_videos=5, min_frames=5, max_frames=9, height=64,
@@ -86,34 +95,33 @@ def test_synthetic_s3_ingest_and_two_worker_train_batches(ray_local, s3_bucket, 
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=1)
-    num_clips = 8
-    env = storage_env_vars()  # the session's Ray started before the S3 server: hand workers its env
-    ds = build_clip_dataset(data_config, epoch=0, seed=5, num_clips=num_clips, cpus_per_decoder=0.25, worker_env=env)
+    batch_size, max_iter = 4, 2  # the run's clip stream: 8 clips
+    manifests = load_train_manifests(data_config.train)
+    index = clip_index_for(data_config, manifests, [s.ratio for s in data_config.train], epoch=0, seed=5,
+                           num_clips=batch_size * max_iter)
+    ds = clip_dataset(data_config, manifests, index, clips_per_block=2, cpus_per_decoder=0.25)
     digests = {}
     for batch, positions in iter_clip_batches(ds, batch_size=3, return_positions=True):
         batch.validate(32, num_classes=3)
         for i, p in enumerate(positions.tolist()):
             digests[p] = _clip_digest(batch, i)
-    assert sorted(digests) == list(range(num_clips))
+    assert sorted(digests) == list(range(batch_size * max_iter))
 
     out = tmp_path / "ranks"
     out.mkdir()
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"out": str(out)},
+        # resume mid-run: the workers start at step 1, as after a restart from a checkpoint
+        train_loop_config={"out": str(out), "data_config": data_config, "batch_size": batch_size,
+                           "max_iter": max_iter, "start_step": 1},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(name="data-integration", storage_path=str(tmp_path / "runs")),
-        # resume mid-epoch: the Train run starts at position 2 of the same epoch (6 clips: Train splits
-        # datasets equally across workers and would drop a remainder)
-        datasets={"train": build_clip_dataset(data_config, epoch=0, seed=5, num_clips=num_clips, start_position=2,
-                                              cpus_per_decoder=0.25, worker_env=env)},
     )
     trainer.fit()
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(ranks), "each worker gets its own share of the clips"
-    positions = sorted(p for r in ranks for b in r for p in b["positions"])
-    assert positions == list(range(2, num_clips))  # every remaining clip exactly once across the two workers
-    # same seed and epoch: the same clips as the driver's run, whichever worker / actor made them
+    assert [p for b in ranks[0] for p in b["positions"]] == [4, 5] and [p for b in ranks[1] for p in b["positions"]] == [6, 7]
+    # the same clips as the driver's dataset, whichever worker or actor made them
     for b in (b for r in ranks for b in r):
         for p, digest in zip(b["positions"], b["digests"]):
             assert digest == digests[p]

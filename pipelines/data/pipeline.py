@@ -1,11 +1,12 @@
 """Ray Data: clip rows from ingested shards, decoded and augmented in an actor pool, collated on
 each Ray Train worker into `models.clip_batch.ClipBatch`.
 
-    ds = build_clip_dataset(data_config, epoch=e, seed=s, num_clips=n)       # driver
-    trainer = TorchTrainer(..., datasets={"train": ds})
-    # in the train loop:
-    for batch in iter_clip_batches(ray.train.get_dataset_shard("train"), batch_size, 32):
-        loss = model.training_step(batch.to(device))
+    index = clip_index_for(data_config, manifests, ratios, epoch=e, seed=s, num_clips=n)
+    ds = clip_dataset(data_config, manifests, index, clips_per_block=b)
+    for batch in iter_clip_batches(ds, batch_size=b, size_divisibility=32):
+        losses = model(batch.to(device))
+
+(Training builds each rank's dataset this way inside its worker: `pipelines.train.data`.)
 
 The epoch's clip index is built up front (`sampling.build_clip_index`): a small table of
 (position, dataset, shard, row, frames, seed) split into small blocks. `ClipDecoder` actors read
@@ -14,11 +15,8 @@ decode the sampled frames and augment them (`augment.augment_clip`, a pure funct
 and the seed). Masks travel bit-packed. No groupby, join or shuffle runs in the hot path; a clip's
 content depends only on (seed, epoch, position), whichever worker or actor handles it.
 
-Ray Train splits a dataset equally across its workers (``streaming_split(equal=True)``), dropping
-up to world_size - 1 clips of an epoch: make `num_clips - start_position` a multiple of
-world_size x per-worker batch size so that nothing is dropped and every worker takes the same
-number of steps. Under a 2-core budget, cap Ray Data (`DataContext.execution_options.
-resource_limits`) and give the decoders fractional CPUs (`cpus_per_decoder`).
+Under a 2-core budget, cap Ray Data (`DataContext.execution_options.resource_limits`) and give
+the decoders fractional CPUs (`cpus_per_decoder`).
 """
 from __future__ import annotations
 
@@ -190,43 +188,34 @@ def decoder_spec(data_config, manifests: Sequence[Manifest]) -> DecoderSpec:
     )
 
 
-def build_clip_dataset(
+def clip_dataset(
     data_config,
+    manifests: Sequence[Manifest],
+    index: ClipIndex,
     *,
-    epoch: int,
-    seed: int,
-    num_clips: Optional[int] = None,
-    start_position: int = 0,
-    specs: Optional[Sequence[Any]] = None,
+    clips_per_block: int,
     decode_workers: Optional[int] = None,
     cpus_per_decoder: float = 1.0,
-    clips_per_block: int = 2,
     worker_env: Optional[dict] = None,
 ):
-    """A Ray Dataset of augmented clip rows for one epoch (positions >= `start_position`).
+    """The Ray Dataset of the clips of `index`, in index order: blocks of `clips_per_block` index
+    rows, read, decoded and augmented by an actor pool of `ClipDecoder`s.
 
-    data_config: `pipelines.config.DataConfig` (its `train` specs need `shards`); specs: override
-    the datasets (same fields: name, ratio, shards). Each row holds ``frames`` (T,3,h,w) uint8,
-    ``masks_packed`` (np.packbits of the (T,N,h,w) masks), ``gt_ids`` (T,N), ``gt_classes`` (N,),
-    ``image_sizes`` (T,2), ``video_id``, ``frame_indices`` (T,), ``dataset_index``, ``position``.
-    worker_env: environment variables for the decoder actors (see `ingest.storage_env_vars`).
+    Each row holds ``frames`` (T,3,h,w) uint8, ``masks_packed`` (np.packbits of the (T,N,h,w)
+    masks), ``gt_ids`` (T,N), ``gt_classes`` (N,), ``image_sizes`` (T,2), ``video_id``,
+    ``frame_indices`` (T,), ``dataset_index``, ``position``. worker_env: environment variables for
+    the decoder actors (see `ingest.storage_env_vars`); by default they inherit their caller's.
     """
     import ray
 
-    specs = list(specs if specs is not None else data_config.train)
-    manifests = load_train_manifests(specs)
-    index = clip_index_for(data_config, manifests, [s.ratio for s in specs], epoch=epoch, seed=seed, num_clips=num_clips)
-    if not 0 <= start_position <= len(index):
-        raise ValueError(f"start_position {start_position} outside the epoch's {len(index)} clips")
-    table = clip_index_table(index.slice(start_position), manifests)
+    table = clip_index_table(index, manifests)
     blocks = [table.slice(i, clips_per_block) for i in range(0, table.num_rows, clips_per_block)] or [table]
-    workers = decode_workers or data_config.decode_workers
     return ray.data.from_arrow(blocks).map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"spec": decoder_spec(data_config, manifests)},
         batch_size=clips_per_block,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=decode_workers or data_config.decode_workers),
         num_cpus=cpus_per_decoder,
         **({"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}),
     )

@@ -19,14 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipelines.data.pipeline import (
-    ClipDecoder,
-    clip_index_for,
-    clip_index_table,
-    decoder_spec,
-    iter_clip_batches,
-    load_train_manifests,
-)
+from pipelines.data.pipeline import clip_dataset, clip_index_for, iter_clip_batches, load_train_manifests
 from pipelines.data.sampling import ClipIndex
 
 
@@ -65,27 +58,16 @@ def rank_clip_dataset(
 ):
     """The Ray Dataset of rank `rank`'s clips from `start_step` to the end of the run, in order.
 
-    Rows are those of `pipelines.data.pipeline.build_clip_dataset`; `iter_rank_batches` turns them
-    into `ClipBatch`es of b = batch_size / world_size clips.
+    Rows are those of `pipelines.data.pipeline.clip_dataset`; `iter_rank_batches` turns them into
+    `ClipBatch`es of b = batch_size / world_size clips.
     """
-    import ray.data
-
     specs = list(data_config.train)
     manifests = load_train_manifests(specs)
     index = run_clip_index(data_config, manifests, [s.ratio for s in specs], seed=seed,
                            total_clips=max_iter * batch_size)
     positions = rank_positions(start_step, max_iter - start_step, batch_size, world_size, rank)
-    table = clip_index_table(select(index, positions), manifests)
-    per_rank = batch_size // world_size
-    blocks = [table.slice(i, per_rank) for i in range(0, table.num_rows, per_rank)] or [table]
-    return ray.data.from_arrow(blocks).map_batches(
-        ClipDecoder,
-        fn_constructor_kwargs={"spec": decoder_spec(data_config, manifests)},
-        batch_size=per_rank,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=decode_workers or data_config.decode_workers),
-        num_cpus=cpus_per_decoder,
-    )
+    return clip_dataset(data_config, manifests, select(index, positions), clips_per_block=batch_size // world_size,
+                        decode_workers=decode_workers, cpus_per_decoder=cpus_per_decoder)
 
 
 def iter_rank_batches(dataset: Any, per_rank_batch: int, size_divisibility: int, expected: np.ndarray,

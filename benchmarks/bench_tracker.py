@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = TrackerConfig(num_classes=40)
+    config = TrackerConfig()
     data = synthetic_detections(100, num_queries=100, num_classes=40, embed_dim=256, mask_size=(120, 216),
                                 num_objects=22, num_distractors=6, seed=7)
     figures = {"device": "cpu", "threads": args.threads, "torch": torch.__version__}

@@ -39,8 +39,8 @@ memory embeddings after frame t - 1 of every other instance of the clip already 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Literal, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,8 @@ NOISE_PROBABILITY = 0.001
 class CTCLConfig:
     reid_weight: float = 2.0
     aux_reid_weight: float = 3.0
-    num_negatives: int = 99
+    # None: every other query, Q - 1 (the released setting: 99 of 100 queries, 199 of 200).
+    num_negatives: Optional[int] = None
     momentum_embed: bool = True
     noise_embed: bool = False
     negatives: Literal["released", "paper"] = "released"
@@ -244,6 +245,8 @@ def ctcl_loss(
     Returns:
         :class:`CTCLOutput`; ``.losses()`` gives the weighted ``loss_reid`` / ``loss_aux_reid``.
     """
+    if config.num_negatives is None and pred_embeds.dim() == 4:
+        config = replace(config, num_negatives=pred_embeds.shape[2] - 1)  # all the other queries (released)
     _check_inputs(pred_embeds, gt_to_query, valid, config)
     if chooser is None:
         chooser = RandomChooser(generator)

@@ -67,13 +67,8 @@ class CTVISConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
-        num_classes = self.network.num_classes
         num_queries = self.network.transformer_decoder.num_queries
-        if self.tracker.num_classes != num_classes:
-            raise ValueError(
-                f"tracker.num_classes={self.tracker.num_classes} differs from network.num_classes={num_classes}"
-            )
-        if not 1 <= self.ctcl.num_negatives < num_queries:
+        if self.ctcl.num_negatives is not None and not 1 <= self.ctcl.num_negatives < num_queries:
             raise ValueError(
                 f"ctcl.num_negatives={self.ctcl.num_negatives} must be in 1..{num_queries - 1} "
                 f"(negatives are drawn from the first num_negatives+1 of "
@@ -81,6 +76,12 @@ class CTVISConfig:
             )
         if self.criterion.num_points < 1:
             raise ValueError(f"criterion.num_points must be >= 1, got {self.criterion.num_points}")
+
+    @property
+    def num_negatives(self) -> int:
+        """CT-CL negatives per anchor, with the released default (every other query) resolved."""
+        negatives = self.ctcl.num_negatives
+        return self.network.transformer_decoder.num_queries - 1 if negatives is None else negatives
 
     @property
     def num_topk(self) -> int:

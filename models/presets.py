@@ -86,14 +86,9 @@ def network_preset(name: str) -> NetworkConfig:
 # ---------------------------------------------------------------------------- whole models
 def _released(network: NetworkConfig) -> CTVISConfig:
     """A released CTVIS model around ``network``: the released loss, CT-CL, tracker and
-    inference settings, with the class count and the negatives following the network."""
-    return CTVISConfig(
-        network=network,
-        criterion=CriterionConfig(),
-        ctcl=CTCLConfig(num_negatives=network.transformer_decoder.num_queries - 1),
-        tracker=TrackerConfig(num_classes=network.num_classes),
-        inference=InferenceConfig(),
-    )
+    inference settings (the CT-CL negatives and the tracker's classes follow the network)."""
+    return CTVISConfig(network=network, criterion=CriterionConfig(), ctcl=CTCLConfig(), tracker=TrackerConfig(),
+                       inference=InferenceConfig())
 
 
 def ctvis_r50_ytvis19() -> CTVISConfig:

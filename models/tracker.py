@@ -106,7 +106,6 @@ def _gather_rows(tensor: Tensor, index: np.ndarray) -> Tensor:
 class TrackerConfig:
     """Options of the online tracker; field names are the released config keys in snake_case."""
 
-    num_classes: int = 40
     match_metric: Literal["bisoftmax", "cosine"] = "bisoftmax"
     match_score_thr: float = 0.3
     match_type: Literal["greedy", "hungarian"] = "greedy"
@@ -137,8 +136,6 @@ class TrackerConfig:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"TrackerConfig.{name}={value!r}; expected one of {allowed}")
-        if self.num_classes < 1:
-            raise ValueError(f"TrackerConfig.num_classes must be >= 1, got {self.num_classes}")
         if self.max_cache < 1:
             raise ValueError(f"TrackerConfig.max_cache must be >= 1, got {self.max_cache}")
 
@@ -844,7 +841,7 @@ class _MemoryBank:
 class VideoTracker:
     """Streaming online tracker for one video.
 
-    >>> tracker = VideoTracker(TrackerConfig(num_classes=40))
+    >>> tracker = VideoTracker(TrackerConfig())
     >>> for frame in frames:                      # frame outputs of the network, one frame at a time
     ...     result = tracker.step(frame["pred_logits"], frame["pred_masks"], frame["pred_embeds"])
     >>> tracks = tracker.finalize()
@@ -880,6 +877,7 @@ class VideoTracker:
         self._num_frames = 0
         self._finalized = False
         self._mask_shape: tuple[int, int] | None = None
+        self._num_logits: int | None = None  # K+1, from the first frame
         # Host thresholds, rounded to the score dtype like torch's tensor-vs-scalar comparison.
         self._select_thr = self._init_thr = None
         # Tracks recorded per frame (ids in score order) with their logits and masks.
@@ -914,8 +912,11 @@ class VideoTracker:
         num_frames = pred_logits.shape[0] if pred_logits.dim() == 3 else 1
         first = self._num_frames
         where = f"frame {first}" if num_frames == 1 else f"frames {first}-{first + num_frames - 1}"
-        if pred_logits.dim() != 3 or pred_logits.shape[2] != self.config.num_classes + 1:
-            raise ValueError(f"{where}: pred_logits must be (Q, K+1={self.config.num_classes + 1}) per frame, "
+        # K, the number of classes, comes from the first frame's logits (K+1 with no-object).
+        expected = "K+1" if self._num_logits is None else f"K+1={self._num_logits}"
+        if pred_logits.dim() != 3 or pred_logits.shape[2] < 2 or \
+                (self._num_logits is not None and pred_logits.shape[2] != self._num_logits):
+            raise ValueError(f"{where}: pred_logits must be (Q, {expected}) per frame, "
                              f"got {tuple(pred_logits.shape[1:])}")
         num_queries = pred_logits.shape[1]
         if num_frames == 0:
@@ -934,6 +935,7 @@ class VideoTracker:
         if self._memory is not None and pred_embeds.shape[2] != self._memory.embed_dim:
             raise ValueError(f"{where}: embedding size {pred_embeds.shape[2]} differs from the first frame's "
                              f"{self._memory.embed_dim}")
+        self._num_logits = pred_logits.shape[2]
 
     @torch.no_grad()
     def step(self, pred_logits: Tensor, pred_masks: Tensor, pred_embeds: Tensor) -> FrameTrackResult:

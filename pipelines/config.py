@@ -84,8 +84,9 @@ class DatasetSpec(_Strict):
 
 
 class CropConfig(_Strict):
+    """The released "absolute_range" crop (a size range in pixels, sampled per clip)."""
+
     enabled: bool = True
-    type: Literal["absolute_range"] = "absolute_range"
     size: tuple[int, int] = (384, 600)
     # "sliding": the crop window moves monotonically across the clip (the paper; the released
     # pseudo-video crop). "first_position": every frame uses the first position, as the released
@@ -111,7 +112,6 @@ class DataConfig(_Strict):
     sampling_frame_range: int = Field(default=20, ge=0)
     sampling_frame_shuffle: bool = False
     min_size_train: tuple[int, ...] = (320, 352, 392, 416, 448, 480, 512, 544, 576, 608, 640)
-    min_size_train_sampling: Literal["choice_by_clip"] = "choice_by_clip"
     max_size_train: int = Field(default=768, gt=0)
     random_flip: Literal["flip_by_clip", "none"] = "flip_by_clip"
     crop: CropConfig = CropConfig()
@@ -123,7 +123,6 @@ class DataConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["adamw"] = "adamw"
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.05, ge=0)
     weight_decay_norm: float = Field(default=0.0, ge=0)
@@ -132,7 +131,6 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["warmup_multistep"] = "warmup_multistep"
     max_iter: int = Field(default=16000, ge=1)
     steps: tuple[int, ...] = (6000, 12000)
     gamma: float = Field(default=0.1, gt=0)
@@ -152,7 +150,6 @@ class ScheduleConfig(_Strict):
 
 class GradClipConfig(_Strict):
     enabled: bool = True
-    type: Literal["full_model"] = "full_model"
     value: float = Field(default=0.01, gt=0)
     norm_type: float = Field(default=2.0, gt=0)
 

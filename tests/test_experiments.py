@@ -38,9 +38,9 @@ def test_published_experiments_hold_the_released_recipe(name):
     model = experiment.model
     assert experiment.name == name and experiment.model_preset == preset
     assert isinstance(model, CTVISConfig)
-    assert model.network.num_classes == model.tracker.num_classes == classes
+    assert model.network.num_classes == classes
     assert model.network.transformer_decoder.num_queries == queries
-    assert model.ctcl.num_negatives == negatives
+    assert model.num_negatives == negatives and model.ctcl.num_negatives is None  # derived: queries - 1
     assert (model.ctcl.reid_weight, model.ctcl.aux_reid_weight) == (2.0, 3.0)
     assert model.tracker.match_score_thr == 0.3 and model.tracker.embed_type == "similarity_guided"
     assert model.num_topk == classes
@@ -77,8 +77,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
          "unknown key (did you mean 'match_score_thr'?)"),
         (("experiments/tiny.yaml", "train.batch_size=abc"),
          "experiments/tiny.yaml (with overrides train.batch_size=abc): train.batch_size: Input should be a valid integer"),
-        (("experiments/tiny.yaml", "model.network.num_classes=5"),
-         "model: tracker.num_classes=3 differs from network.num_classes=5"),
+        (("experiments/tiny.yaml", "model.ctcl.num_negatives=16"),
+         "model: ctcl.num_negatives=16 must be in 1..15"),
         (("experiments/tyni.yaml",), "experiments/tyni.yaml: experiment file not found"),
     ],
 )

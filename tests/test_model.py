@@ -75,9 +75,9 @@ def test_presets_are_consistent_models():
         config = presets.preset(name)
         assert isinstance(config, CTVISConfig)
         assert config.network == presets.network_preset(name)
-        assert config.network.num_classes == config.tracker.num_classes == classes
+        assert config.network.num_classes == classes
         assert config.network.transformer_decoder.num_queries == queries
-        assert config.ctcl.num_negatives == negatives and config.network.backbone.kind == kind
+        assert config.num_negatives == negatives and config.network.backbone.kind == kind
         assert config.tracker.match_score_thr == 0.3 and config.tracker.embed_type == "similarity_guided"
         if name != "tiny":
             # the released num_topk is the number of classes; the released loss settings
@@ -91,8 +91,6 @@ def test_presets_are_consistent_models():
 
 def test_config_consistency_errors_name_the_field():
     config = presets.tiny()
-    with pytest.raises(ValueError, match=r"tracker\.num_classes=40 differs from network\.num_classes=3"):
-        dataclasses.replace(config, tracker=TrackerConfig(num_classes=40))
     with pytest.raises(ValueError, match=r"ctcl\.num_negatives=16 must be in 1\.\.15"):
         dataclasses.replace(config, ctcl=dataclasses.replace(config.ctcl, num_negatives=16))
     with pytest.raises(ValueError, match=r"InferenceConfig\.num_clip_frames"):

@@ -45,14 +45,14 @@ def _assert_matches_fixture(tracks, results, fixture):
 
 @pytest.mark.parity
 def test_whole_video_matches_released_tracker(fixture):
-    tracks, results = track_video(TrackerConfig(num_classes=int(fixture["num_classes"])), *_inputs(fixture))
+    tracks, results = track_video(TrackerConfig(), *_inputs(fixture))
     _assert_matches_fixture(tracks, results, fixture)
 
 
 @pytest.mark.parity
 def test_streaming_matches_released_tracker_and_prefixes(fixture):
     logits, masks, embeds = _inputs(fixture)
-    config = TrackerConfig(num_classes=int(fixture["num_classes"]))
+    config = TrackerConfig()
     tracker = VideoTracker(config)
     results = []
     for t in range(logits.shape[0]):
@@ -84,7 +84,7 @@ CONFIG_VARIANTS = [
 
 @pytest.mark.parametrize("variant", CONFIG_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
 def test_every_option_matches_loop_oracle(variant):
-    config = TrackerConfig(num_classes=40, **variant)
+    config = TrackerConfig(**variant)
     for seed in (0, 1):
         logits, masks, embeds = synthetic_detections(24, seed=seed)
         tracks, results = track_video(config, logits, masks, embeds)
@@ -109,7 +109,7 @@ def test_options_change_behaviour():
 def test_memory_slots_grow_and_are_reused_like_the_oracle():
     """Many short tracklets: the bank outgrows its initial 64 slots and reuses dead ones; the
     insertion order (match columns) must still be the released dict order."""
-    config = TrackerConfig(num_classes=40, num_dead_frames=6)
+    config = TrackerConfig(num_dead_frames=6)
     logits, masks, embeds = synthetic_detections(40, num_queries=60, num_distractors=30, seed=5)
     tracker = VideoTracker(config)
     results = [tracker.step(logits[t], masks[t], embeds[t]) for t in range(logits.shape[0])]
@@ -123,7 +123,7 @@ def test_memory_slots_grow_and_are_reused_like_the_oracle():
 
 def test_compact_tracks_equal_their_dense_form():
     logits, masks, embeds = synthetic_detections(16, seed=3)
-    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    tracks, _ = track_video(TrackerConfig(), logits, masks, embeds)
     assert tracks.frame_masks is not None and len(tracks.frame_masks) == 16
     dense = VideoTracks(tracks.track_ids, tracks.pred_logits, tracks.pred_masks.clone())
     assert dense.num_frames == tracks.num_frames == 16 and dense.mask_size == tracks.mask_size == (24, 40)
@@ -166,13 +166,13 @@ def test_select_threshold_nms_and_codes():
     masks[1, :4] = 5.0           # duplicate of query 0 with a lower score -> NMS
     masks[2, 4:] = 5.0
     logits, masks, embeds = _frame([0.9, 0.8, 0.7, 0.001], torch.eye(4), masks)
-    result = VideoTracker(TrackerConfig(num_classes=3)).step(logits, masks, embeds)
+    result = VideoTracker(TrackerConfig()).step(logits, masks, embeds)
     assert result.assigned_ids.tolist() == [0, REMOVED_BY_NMS, 1, BELOW_SELECT_THR]
     assert result.query_indices.tolist() == [0, 2] and result.track_ids.tolist() == [0, 1]
 
 
 def test_top_detection_kept_when_none_passes_and_no_init_below_threshold():
-    tracker = VideoTracker(TrackerConfig(num_classes=3))
+    tracker = VideoTracker(TrackerConfig())
     logits, masks, embeds = _frame([0.004, 0.008, 0.002], torch.eye(3))
     result = tracker.step(logits, masks, embeds)
     # query 1 is the top one: kept (not -3) but below init_score_thr, so it gets no id.
@@ -184,7 +184,7 @@ def test_top_detection_kept_when_none_passes_and_no_init_below_threshold():
 
 
 def test_dead_tracklets_leave_the_memory_and_new_ids_follow():
-    config = TrackerConfig(num_classes=3, num_dead_frames=2)
+    config = TrackerConfig(num_dead_frames=2)
     tracker = VideoTracker(config)
     eye = torch.eye(4) * 10
     tracker.step(*_frame([0.9, 0.8], eye[:2]))              # frame 0: ids 0, 1
@@ -200,7 +200,7 @@ def test_dead_tracklets_leave_the_memory_and_new_ids_follow():
 
 
 def test_noise_tracks_are_dropped_and_restart_as_new_rows():
-    config = TrackerConfig(num_classes=3, noise_frame_num=2, none_frame_num=2, suppress_frame_num=3)
+    config = TrackerConfig(noise_frame_num=2, none_frame_num=2, suppress_frame_num=3)
     tracker = VideoTracker(config)
     eye = torch.eye(4) * 10
     tracker.step(*_frame([0.9, 0.8], eye[:2]))   # frame 0: ids 0 (steady), 1 (short)
@@ -338,11 +338,13 @@ def test_config_and_input_errors():
     with pytest.raises(ValueError, match="match_type"):
         TrackerConfig(match_type="optimal")
     assert dataclasses.is_dataclass(TrackerConfig) and TrackerConfig.__dataclass_params__.frozen
-    tracker = VideoTracker(TrackerConfig(num_classes=3))
+    tracker = VideoTracker(TrackerConfig())
     logits, masks, embeds = _frame([0.9], torch.eye(2)[:1])
-    with pytest.raises(ValueError, match=r"frame 0: pred_logits must be \(Q, K\+1=4\)"):
+    with pytest.raises(ValueError, match=r"frame 0: pred_logits must be \(Q, K\+1\)"):
+        tracker.step(logits[:, :1], masks, embeds)  # no class besides no-object
+    tracker.step(logits, masks, embeds)  # K = 3 from here on
+    with pytest.raises(ValueError, match=r"frame 1: pred_logits must be \(Q, K\+1=4\)"):
         tracker.step(logits[:, :3], masks, embeds)
-    tracker.step(logits, masks, embeds)
     with pytest.raises(ValueError, match="frame 1: mask size"):
         tracker.step(logits, masks[:, :4], embeds)
     with pytest.raises(RuntimeError, match="no frame"):
@@ -352,7 +354,7 @@ def test_config_and_input_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(fixture):
-    config = TrackerConfig(num_classes=int(fixture["num_classes"]))
+    config = TrackerConfig()
     torch.backends.cuda.matmul.allow_tf32 = False
     cpu_tracks, cpu_results = track_video(config, *_inputs(fixture))
     gpu_tracks, gpu_results = track_video(config, *(x.cuda() for x in _inputs(fixture)))
@@ -375,7 +377,7 @@ def _results_equal(a_results, b_results):
 def test_step_clip_equals_single_steps_whatever_the_split(variant):
     """step_clip over clips of any length, with or without copies of the masks, gives what one
     step() per frame gives, bit for bit (the detection stage is batched over the clip)."""
-    config = TrackerConfig(num_classes=40, **variant)
+    config = TrackerConfig(**variant)
     logits, masks, embeds = synthetic_detections(23, seed=4)
     single = VideoTracker(config)
     single_results = [single.step(logits[t], masks[t], embeds[t]) for t in range(23)]
@@ -400,7 +402,7 @@ def test_step_clip_equals_single_steps_whatever_the_split(variant):
 def test_copied_masks_survive_the_caller_reusing_its_buffer():
     """By default the tracker copies what it keeps: the caller may overwrite its frame tensors.
     With copy_masks=False it keeps references (what track_video does with a whole-video tensor)."""
-    config = TrackerConfig(num_classes=40)
+    config = TrackerConfig()
     logits, masks, embeds = synthetic_detections(6, seed=2)
     expected, _ = track_video(config, logits, masks, embeds)
     tracker = VideoTracker(config)
@@ -416,7 +418,7 @@ def test_copied_masks_survive_the_caller_reusing_its_buffer():
 
 def test_few_tracked_candidates_are_compacted():
     """When under half of a clip's candidates get a track, only the tracked masks are kept."""
-    config = TrackerConfig(num_classes=40, init_score_thr=0.6)
+    config = TrackerConfig(init_score_thr=0.6)
     logits, masks, embeds = synthetic_detections(12, num_distractors=20, seed=6)
     tracker = VideoTracker(config)
     results = tracker.step_clip(logits, masks, embeds)
@@ -435,7 +437,7 @@ def test_accelerator_code_path_matches_loop_oracle_on_cpu(variant, monkeypatch):
     """The torch-only code path (what runs on CUDA) with the numpy shortcuts switched off, on CPU:
     the same decisions as the loop oracle, streaming in clips and with copies."""
     monkeypatch.setattr(tracker_module, "_HOST_FAST_PATHS", False)
-    config = TrackerConfig(num_classes=40, **variant)
+    config = TrackerConfig(**variant)
     logits, masks, embeds = synthetic_detections(24, seed=0)
     tracker = VideoTracker(config)
     results = tracker.step_clip(logits[:10], masks[:10], embeds[:10]) + tracker.step_clip(

@@ -35,7 +35,7 @@ def test_matches_released_inference_video(fixture):
 
 @pytest.mark.parity
 def test_tracker_then_post_processing_end_to_end(fixture):
-    tracks, _ = track_video(TrackerConfig(num_classes=40), torch.from_numpy(fixture["in_pred_logits"]),
+    tracks, _ = track_video(TrackerConfig(), torch.from_numpy(fixture["in_pred_logits"]),
                             torch.from_numpy(fixture["in_pred_masks"]), torch.from_numpy(fixture["in_pred_embeds"]))
     result = inference_video(tracks.pred_logits, tracks.pred_masks, (128, 128), (120, 124), (96, 112), num_topk=40)
     np.testing.assert_array_equal(result.labels.numpy(), fixture["video_pred_labels"])
@@ -56,7 +56,7 @@ SIZE_CASES = [
 @pytest.mark.parametrize("padded,image,output", SIZE_CASES)
 def test_matches_loop_oracle_on_every_path(padded, image, output):
     logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=4)
-    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    tracks, _ = track_video(TrackerConfig(), logits, masks, embeds)
     result = inference_video(tracks.pred_logits, tracks.pred_masks, padded, image, output, num_topk=40)
     scores, labels, expected_masks = oracle_inference_video(tracks.pred_logits, tracks.pred_masks, padded, image,
                                                             output, num_topk=40)
@@ -69,7 +69,7 @@ def test_matches_loop_oracle_on_every_path(padded, image, output):
 @pytest.mark.parametrize("padded,image,output", [SIZE_CASES[1], SIZE_CASES[3]])
 def test_compact_tracks_path_equals_dense_and_oracle(padded, image, output):
     logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=6)
-    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    tracks, _ = track_video(TrackerConfig(), logits, masks, embeds)
     compact = inference_tracks(tracks, padded, image, output, num_topk=40, planes_per_chunk=3)
     assert compact.windows is not None and compact._track_masks is None       # nothing dense built yet
     scores, labels, expected_masks = oracle_inference_video(tracks.pred_logits, tracks.pred_masks, padded, image,
@@ -132,7 +132,7 @@ def test_streamed_inference_chunks_equal_whole_video():
         calls.append(index.numel())
         return {"pred_logits": logits[index], "pred_masks": masks[index], "pred_embeds": embeds[index]}
 
-    config = TrackerConfig(num_classes=40)
+    config = TrackerConfig()
     instances, tracks = stream_video_inference(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
                                     num_topk=40, chunk_size=4)
     assert calls == [4, 4, 3]
@@ -150,7 +150,7 @@ def test_streamed_inference_chunks_equal_whole_video():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     logits, masks, embeds = synthetic_detections(12, mask_size=(24, 40), seed=4)
-    tracks, _ = track_video(TrackerConfig(num_classes=40), logits, masks, embeds)
+    tracks, _ = track_video(TrackerConfig(), logits, masks, embeds)
     for padded, image, output in SIZE_CASES:
         cpu = inference_video(tracks.pred_logits, tracks.pred_masks, padded, image, output, num_topk=40)
         gpu = inference_video(tracks.pred_logits.cuda(), tracks.pred_masks.cuda(), padded, image, output, num_topk=40)

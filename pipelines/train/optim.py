@@ -78,8 +78,6 @@ def parameter_groups(model: nn.Module, optimizer_config: Any) -> list[dict[str, 
 
 def build_optimizer(model: nn.Module, optimizer_config: Any) -> torch.optim.Optimizer:
     """AdamW (the only optimizer CTVIS uses) over `parameter_groups`."""
-    if optimizer_config.name != "adamw":
-        raise ValueError(f"train.optimizer.name: unsupported optimizer {optimizer_config.name!r}")
     groups = parameter_groups(model, optimizer_config)
     return torch.optim.AdamW(groups, lr=optimizer_config.lr, weight_decay=optimizer_config.weight_decay)
 
@@ -102,17 +100,14 @@ def lr_multiplier(iteration: int, schedule_config: Any) -> float:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule_config: Any) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once after every optimizer step (detectron2's LRMultiplier)."""
-    if schedule_config.name != "warmup_multistep":
-        raise ValueError(f"train.schedule.name: unsupported schedule {schedule_config.name!r}")
+    """Warmup then multi-step decay (detectron2's WarmupMultiStepLR, the only schedule CTVIS uses): a
+    LambdaLR stepped once after every optimizer step (detectron2's LRMultiplier)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_multiplier(it, schedule_config))
 
 
 def clip_gradients(parameters: Iterable[torch.Tensor], clip_config: Any) -> torch.Tensor | None:
-    """Full-model gradient clipping (`pipelines.config.GradClipConfig`); returns the total norm
-    before clipping (None when disabled)."""
+    """Full-model gradient clipping (detectron2's "full_model" type, the one CTVIS uses;
+    `pipelines.config.GradClipConfig`); returns the total norm before clipping (None when disabled)."""
     if not clip_config.enabled:
         return None
-    if clip_config.type != "full_model":
-        raise ValueError(f"train.clip_gradients.type: unsupported {clip_config.type!r}")
     return torch.nn.utils.clip_grad_norm_(list(parameters), clip_config.value, norm_type=clip_config.norm_type)

@@ -7,7 +7,7 @@ Losses and the tracker have their own configs (composed next to this one, not in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -18,7 +18,7 @@ import stat
 import posixpath
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 
@@ -386,12 +386,6 @@ def copy(src: str, dst: str, options: Optional[S3Options] = None, chunk_size: in
             if not chunk:
                 break
             fout.write(chunk)
-
-
-def walk_files(uri: str, suffix: str = "", options: Optional[S3Options] = None) -> Iterator[str]:
-    for entry in ls(uri, options, recursive=True):
-        if entry.endswith(suffix):
-            yield entry
 
 
 def local_path(uri: str) -> Optional[Path]:

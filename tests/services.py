@@ -208,3 +208,8 @@ def listening_sockets(root_pid: int) -> list[tuple[str, int, int]]:
                 address, port = fields[1].split(":")
                 found.append((_hex_address(address), int(port, 16), inodes[fields[9]]))
     return found
+
+
+def storage_env_vars() -> dict[str, str]:
+    """The AWS_* variables of this process (the moto endpoint and test credentials), for Ray workers."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}

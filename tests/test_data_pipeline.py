@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from pipelines.config import CropConfig, DataConfig, DatasetSpec, PseudoVideoConfig
 from pipelines.data import catalog, synth
-from pipelines.data.ingest import IngestOptions, ingest, storage_env_vars
+from pipelines.data.ingest import IngestOptions, ingest
+from tests.services import storage_env_vars
 
 
 def _data_config(shards_images: str, shards_videos: str) -> DataConfig:

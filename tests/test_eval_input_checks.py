@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from pipelines.evaluation.rle import check_compressed_rles, decode_compressed_rles
+from pipelines.evaluation.rle import decode_compressed_rles
 from tests.conftest import PROJECT_ROOT
 
 
@@ -92,8 +92,8 @@ def test_fuzz_rle_checker_agrees_with_a_plain_decoder_and_pycocotools():
     # numbers garble what follows them, never what comes before)
     for trial in range(30):
         order = rng.permutation(len(texts)) if trial else np.arange(len(texts))
-        problem = check_compressed_rles([texts[i] for i in order], [heights[i] for i in order],
-                                        [widths[i] for i in order])
+        problem, _ = decode_compressed_rles([texts[i] for i in order], [heights[i] for i in order],
+                                            [widths[i] for i in order])
         assert problem is not None and problem[0] == [verdicts[i] for i in order].index(False)
     good = [i for i, v in enumerate(verdicts) if v]
     problem, areas = decode_compressed_rles([texts[i] for i in good], [heights[i] for i in good],

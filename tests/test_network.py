@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.ctvis import NetworkConfig, build_network
 from models.ms_deform_attn import MSDeformAttn, ms_deform_attn_sample

@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.config import load_experiment
 from pipelines.data import catalog, synth
-from pipelines.data.ingest import IngestOptions, ingest, storage_env_vars
+from pipelines.data.ingest import IngestOptions, ingest
+from tests.services import storage_env_vars
 from tests.conftest import PROJECT_ROOT
 
 MAX_ITER = 6

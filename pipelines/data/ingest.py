@@ -55,7 +55,7 @@ class IngestOptions:
     cpus_per_task: float = 1.0
     io_threads: int = 8  # frame fetches in flight per task
     verify_frames: bool = True  # decode every frame once (finds corrupt JPEGs)
-    # Environment variables for the Ray tasks (e.g. `storage_env_vars()` where the cluster's
+    # Environment variables for the Ray tasks (e.g. the driver's AWS_* variables where the cluster's
     # workers lack the driver's AWS_* settings). They travel in the task's runtime_env, so prefer
     # cluster-side credentials (instance roles, node env) in production.
     worker_env: Optional[Mapping[str, str]] = None
@@ -360,16 +360,6 @@ def _remove_stale_shards(output: str, current: set[str]) -> None:
             marker = storage.join(output, PROGRESS_DIR, name[: -len(".parquet")] + ".json")
             if storage.exists(marker):
                 storage.remove(marker)
-
-
-STORAGE_ENV_PREFIXES = ("AWS_",)
-
-
-def storage_env_vars() -> dict[str, str]:
-    """The driver's AWS_* variables (endpoint, region, credentials), to hand to Ray workers."""
-    import os
-
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
 
 
 def _finished(job: ShardJob) -> Optional[dict]:

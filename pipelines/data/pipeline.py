@@ -204,7 +204,7 @@ def clip_dataset(
     Each row holds ``frames`` (T,3,h,w) uint8, ``masks_packed`` (np.packbits of the (T,N,h,w)
     masks), ``gt_ids`` (T,N), ``gt_classes`` (N,), ``image_sizes`` (T,2), ``video_id``,
     ``frame_indices`` (T,), ``dataset_index``, ``position``. worker_env: environment variables for
-    the decoder actors (see `ingest.storage_env_vars`); by default they inherit their caller's.
+    the decoder actors (e.g. the AWS_* ones); by default they inherit their caller's.
     """
     import ray
 

@@ -74,11 +74,6 @@ _MAX_PIXELS = 1 << 29
 _CHUNK_BYTES = 1 << 16
 
 
-def check_compressed_rles(counts: list, heights, widths) -> tuple[int, str] | None:
-    """The first invalid compressed RLE of `counts` (with its (height, width)) as (index, reason), or None."""
-    return decode_compressed_rles(counts, heights, widths)[0]
-
-
 def decode_compressed_rles(counts: list, heights, widths) -> tuple[tuple[int, str] | None, np.ndarray]:
     """(the first invalid RLE as (index, reason) or None, the areas (n,) int64 of the valid ones).
 

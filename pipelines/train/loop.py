@@ -24,7 +24,6 @@ continues at the checkpoint's position, so the resumed run is the same run.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -73,10 +72,6 @@ def _global_num_masks(batch: Any, world_size: int, device: torch.device) -> floa
     """Ground-truth instances of the step over all ranks / world size (>= 1), as Mask2Former."""
     local = (batch.gt_classes >= 0).sum().to(device=device, dtype=torch.float32).reshape(1)
     return max(float(_all_reduce_mean(local, world_size).item()), 1.0)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _maybe_inject_fault(config: dict, step: int, rank: int, world_size: int) -> None:
@@ -281,9 +276,3 @@ def _log_final_artifacts(mlflow_run: Any, experiment: Any, model: torch.nn.Modul
     for video in val_set.videos[: experiment.eval.visualize_videos]:
         png = validation.overlay_png(video, outcome.predictions[video.video_id], val_set)
         mlflow_run.log_bytes(png, f"visualizations/video_{video.video_id}.png")
-
-
-def worker_environment() -> dict[str, str]:
-    """The storage environment (AWS_*) of this process, for `RunConfig(worker_runtime_env=...)`."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-

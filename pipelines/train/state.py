@@ -99,16 +99,6 @@ class TrainState:
         )
 
 
-def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / META_FILE).read_text())
-
-
-def is_training_checkpoint(directory: str | Path) -> bool:
-    directory = Path(directory)
-    return (directory / STATE_FILE).is_file() and (directory / META_FILE).is_file()
-
-
-# --------------------------------------------------------------------------------------------
 def run_dir(runs_root: str, run_name: str) -> str:
     """The run's directory URI: where Ray Train keeps its snapshot and checkpoints."""
     return storage.join(runs_root, run_name)

@@ -137,9 +137,9 @@ def main() -> None:
 
     (mf_a, ms_a, out_a), (mf_b, ms_b, out_b) = results["ours"], results["baseline"]
     assert torch.equal(mf_a, mf_b) and all(torch.equal(a, b) for a, b in zip(ms_a, ms_b)), "pixel decoder differs"
-    torch.testing.assert_close(out_a["pred_logits"], out_b["pred_logits"], atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(out_a["pred_embeds"], out_b["pred_embeds"], atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(out_a["pred_masks"], out_b["pred_masks"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out_a.final.logits, out_b.final.logits, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out_a.final.embeds, out_b.final.embeds, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out_a.final.masks, out_b.final.masks, atol=1e-4, rtol=1e-4)
 
     def med(name, index):
         return statistics.median(t[index] for t in times[name])
@@ -170,8 +170,8 @@ def main() -> None:
         "baseline_minor_page_faults": int(med("baseline", 4)),
         "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "pixel_decoder_bit_identical": True,
-        "max_abs_diff_pred_logits": float((out_a["pred_logits"] - out_b["pred_logits"]).abs().max()),
-        "max_abs_diff_pred_masks": float((out_a["pred_masks"] - out_b["pred_masks"]).abs().max()),
+        "max_abs_diff_pred_logits": float((out_a.final.logits - out_b.final.logits).abs().max()),
+        "max_abs_diff_pred_masks": float((out_a.final.masks - out_b.final.masks).abs().max()),
     }))
 
 

@@ -17,6 +17,8 @@ _EXPORTS = {
     "PRESETS": "models.presets",
     "NETWORK_PRESETS": "models.presets",
     "ClipBatch": "models.clip_batch",
+    "FrameOutputs": "models.frame_outputs",
+    "NetworkOutputs": "models.frame_outputs",
     "VideoInstances": "models.video_inference",
 }
 

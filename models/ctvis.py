@@ -7,13 +7,14 @@ Losses and the tracker have their own configs (composed next to this one, not in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Tuple
+from typing import List, Literal, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ResNetBackbone, SwinBackbone, TinyBackbone
+from .frame_outputs import NetworkOutputs
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedTransformerDecoder
 
@@ -192,10 +193,10 @@ class CTVISNetwork(nn.Module):
 
     def forward(
         self, images: torch.Tensor, return_intermediates: bool = False
-    ) -> Dict[str, object]:
-        """images (N, 3, H, W) as from ``preprocess`` -> the decoder's prediction dict (see
-        ``MaskedTransformerDecoder.forward``): pred_logits (N, Q, K+1), pred_masks (N, Q, H/4, W/4),
-        pred_embeds (N, Q, C), pred_queries (N, Q, C), aux_outputs.
+    ) -> NetworkOutputs:
+        """images (N, 3, H, W) as from ``preprocess`` -> `NetworkOutputs`: the final `FrameOutputs`
+        (logits (N, Q, K+1), mask logits (N, Q, H/4, W/4), queries and re-id embeddings (N, Q, C))
+        and the decoder's earlier predictions.
 
         With ``return_intermediates`` it also holds ``backbone_features`` {res2..res5},
         ``mask_features`` (N, mask_dim, H/4, W/4), ``multi_scale_features`` (strides 32, 16, 8)
@@ -204,9 +205,9 @@ class CTVISNetwork(nn.Module):
         mask_features, multi_scale_features = self.pixel_decoder(features)
         outputs = self.decoder(multi_scale_features, mask_features, return_attention_logits=return_intermediates)
         if return_intermediates:
-            outputs["backbone_features"] = features
-            outputs["mask_features"] = mask_features
-            outputs["multi_scale_features"] = multi_scale_features
+            outputs.backbone_features = features
+            outputs.mask_features = mask_features
+            outputs.multi_scale_features = multi_scale_features
         return outputs
 
 

@@ -240,8 +240,8 @@ class CTVISModel(nn.Module):
 
         images = self.preprocess_batch(batch)
         outputs = self.network(images)
-        pred_logits, pred_masks, pred_embeds = outputs["pred_logits"], outputs["pred_masks"], outputs["pred_embeds"]
-        aux = [(layer["pred_logits"], layer["pred_masks"]) for layer in outputs["aux_outputs"]]
+        pred_logits, pred_masks, pred_embeds = outputs.final.logits, outputs.final.masks, outputs.final.embeds
+        aux = [(layer.logits, layer.masks) for layer in outputs.aux]
 
         losses, _ = self.criterion(
             pred_logits, pred_masks, self._frame_targets(batch), aux, num_masks=num_masks, generator=generator
@@ -283,7 +283,7 @@ class CTVISModel(nn.Module):
         self.eval()
         try:
             instances, _ = stream_video_inference(
-                self.network,
+                lambda images: self.network(images).final,
                 clips,
                 self.config.tracker,
                 image_size=(height, width),

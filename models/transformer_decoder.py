@@ -10,12 +10,13 @@ everywhere).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frame_outputs import FrameOutputs, NetworkOutputs
 from .layers import MLP, FeedForward, MultiHeadAttention, sine_position_encoding
 
 
@@ -104,29 +105,25 @@ class MaskedTransformerDecoder(nn.Module):
         else:
             self.reid_head = nn.Identity()
 
-    def predict(
-        self, queries: torch.Tensor, mask_features: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """queries (B, Q, C) -> logits (B, Q, K+1), mask logits (B, Q, H, W), normed queries
-        (B, Q, C), re-id embeddings (B, Q, C)."""
+    def predict(self, queries: torch.Tensor, mask_features: torch.Tensor) -> FrameOutputs:
+        """queries (B, Q, C), mask features (B, C, H, W) -> logits (B, Q, K+1), mask logits
+        (B, Q, H, W), normed queries (B, Q, C), re-id embeddings (B, Q, C)."""
         normed = self.output_norm(queries)
         logits = self.class_head(normed)
         mask_embed = self.mask_head(normed)
         masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        return logits, masks, normed, self.reid_head(normed)
+        return FrameOutputs(logits=logits, masks=masks, queries=normed, embeds=self.reid_head(normed))
 
     def forward(
         self,
         multi_scale_features: Sequence[torch.Tensor],
         mask_features: torch.Tensor,
         return_attention_logits: bool = False,
-    ) -> Dict[str, object]:
-        """Returns
-        ``pred_logits (B, Q, K+1)``, ``pred_masks (B, Q, H, W)``, ``pred_queries (B, Q, C)`` (the
-        normed queries), ``pred_embeds (B, Q, C)`` (re-id), ``aux_outputs``: list of ``num_layers``
-        dicts with these four keys for the earlier predictions (0 = from the learnable queries), and with
-        ``return_attention_logits`` ``attn_mask_logits``: list of ``num_layers`` (B, Q, h_l, w_l),
-        the mask logits each layer thresholds into its attention mask."""
+    ) -> NetworkOutputs:
+        """The final prediction and the ``num_layers`` earlier ones (0 = from the learnable queries),
+        each a `FrameOutputs` (B frame-images); with ``return_attention_logits`` also
+        ``attn_mask_logits``: per layer (B, Q, h_l, w_l), the mask logits it thresholds into its
+        attention mask."""
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
@@ -145,12 +142,12 @@ class MaskedTransformerDecoder(nn.Module):
         query_pos = self.query_positions.weight.unsqueeze(0)  # (1, Q, C)
         queries = self.query_features.weight.unsqueeze(0).expand(batch, -1, -1)
 
-        predictions: List[Tuple[torch.Tensor, ...]] = [self.predict(queries, mask_features)]
+        predictions: List[FrameOutputs] = [self.predict(queries, mask_features)]
         attention_logits: List[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             level = index % self.num_feature_levels
             # the previous prediction's mask logits at this level's resolution
-            resized = F.interpolate(predictions[-1][1], size=sizes[level], mode="bilinear", align_corners=False)
+            resized = F.interpolate(predictions[-1].masks, size=sizes[level], mode="bilinear", align_corners=False)
             if return_attention_logits:
                 attention_logits.append(resized)
             blocked = resized.sigmoid().flatten(2) < 0.5  # (B, Q, hw)
@@ -158,9 +155,5 @@ class MaskedTransformerDecoder(nn.Module):
             queries = layer(queries, query_pos, memories[level], memory_positions[level], blocked.detach())
             predictions.append(self.predict(queries, mask_features))
 
-        keys = ("pred_logits", "pred_masks", "pred_queries", "pred_embeds")
-        outputs: Dict[str, object] = dict(zip(keys, predictions[-1]))
-        outputs["aux_outputs"] = [dict(zip(keys, p)) for p in predictions[:-1]]
-        if return_attention_logits:
-            outputs["attn_mask_logits"] = attention_logits
-        return outputs
+        return NetworkOutputs(final=predictions[-1], aux=predictions[:-1],
+                              attn_mask_logits=attention_logits if return_attention_logits else None)

@@ -30,7 +30,7 @@ Shapes: N tracks, T frames, K classes (K+1 logits), h, w mask size, H, W output 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.frame_outputs import FrameOutputs
 from models.tracker import TrackerConfig, VideoTracker, VideoTracks, _numpy_view
 
 
@@ -281,15 +282,15 @@ def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[
 
 
 @torch.no_grad()
-def stream_video_inference(frame_forward: Callable[[Tensor], Mapping[str, Tensor]], frames: Tensor | Iterable[Tensor],
+def stream_video_inference(frame_forward: Callable[[Tensor], FrameOutputs], frames: Tensor | Iterable[Tensor],
                 tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
                 num_topk: int, chunk_size: int = 5, device: torch.device | str | None = None,
                 mask_storage_device: torch.device | str | None = None,
                 planes_per_chunk: int = 8) -> tuple[VideoInstances, VideoTracks]:
     """Online inference over a whole video in bounded memory.
 
-    frame_forward(images (t, 3, H_pad, W_pad)) -> {"pred_logits": (t, Q, K+1), "pred_masks":
-    (t, Q, h, w), "pred_embeds": (t, Q, C)} is the caller's network (normalised, padded input).
+    frame_forward(images (t, 3, H_pad, W_pad)) -> `FrameOutputs` (logits (t, Q, K+1), masks
+    (t, Q, h, w), embeds (t, Q, C)) is the caller's network (normalised, padded input).
     ``frames`` is either a (T, 3, H_pad, W_pad) tensor (fed ``chunk_size`` frames at a time, e.g.
     kept on the CPU and moved to ``device`` per chunk) or an iterable of such clips. Each chunk's
     outputs go through the streaming tracker (``VideoTracker.step_clip``, which copies the masks it
@@ -314,13 +315,11 @@ def stream_video_inference(frame_forward: Callable[[Tensor], Mapping[str, Tensor
         if device is not None:
             clip = clip.to(device)
         outputs = frame_forward(clip)
-        for key in ("pred_logits", "pred_masks", "pred_embeds"):
-            if key not in outputs:
-                raise KeyError(f"stream_video_inference: frame_forward output of clip {clip_index} lacks {key!r}")
-            if outputs[key].shape[0] != clip.shape[0]:
-                raise ValueError(f"stream_video_inference: clip {clip_index} {key} has {outputs[key].shape[0]} frames, "
-                                 f"expected {clip.shape[0]}")
-        tracker.step_clip(outputs["pred_logits"], outputs["pred_masks"], outputs["pred_embeds"])
+        for name in ("logits", "masks", "embeds"):
+            if getattr(outputs, name).shape[0] != clip.shape[0]:
+                raise ValueError(f"stream_video_inference: clip {clip_index} {name} has "
+                                 f"{getattr(outputs, name).shape[0]} frames, expected {clip.shape[0]}")
+        tracker.step_clip(outputs.logits, outputs.masks, outputs.embeds)
     if padded_size is None:
         raise ValueError("stream_video_inference: the video has no frames")
     tracks = tracker.finalize()

@@ -154,7 +154,7 @@ def test_ctcl_matching_covers_every_instance_with_unpadded_masks(tiny_model):
     batch = synthetic_batch()
     with torch.no_grad():
         outputs = tiny_model.network(tiny_model.preprocess_batch(batch))
-    gt_to_query, valid = tiny_model._ctcl_matching(outputs["pred_logits"], outputs["pred_masks"], batch, torch.Generator().manual_seed(0))
+    gt_to_query, valid = tiny_model._ctcl_matching(outputs.final.logits, outputs.final.masks, batch, torch.Generator().manual_seed(0))
     assert gt_to_query.shape == valid.shape == (2, 3, 3)
     assert torch.equal(valid, batch.gt_ids != -1)
     for b, count in ((0, 3), (1, 2)):
@@ -166,9 +166,9 @@ def test_ctcl_matching_covers_every_instance_with_unpadded_masks(tiny_model):
 
     targets = [FrameTarget(labels=batch.gt_classes[1, :2], masks=batch.gt_masks[1, t, :2, :50, :80]) for t in range(3)]
     generator = torch.Generator().manual_seed(0)
-    tiny_model.criterion.matcher(outputs["pred_logits"][:3], outputs["pred_masks"][:3], [
+    tiny_model.criterion.matcher(outputs.final.logits[:3], outputs.final.masks[:3], [
         FrameTarget(labels=batch.gt_classes[0], masks=batch.gt_masks[0, t]) for t in range(3)], generator)
-    direct = tiny_model.criterion.matcher(outputs["pred_logits"][3:], outputs["pred_masks"][3:], targets, generator)
+    direct = tiny_model.criterion.matcher(outputs.final.logits[3:], outputs.final.masks[3:], targets, generator)
     for t, (rows, cols) in enumerate(direct):
         assert torch.equal(gt_to_query[1, t, :2], rows[torch.argsort(cols)])
 
@@ -200,7 +200,7 @@ def test_chunked_infer_video_equals_tracking_all_frames_at_once(tiny_model):
     with torch.no_grad():
         images, _ = chunked.network.preprocess(frames)
         outputs = chunked.network(images)
-    tracks, _ = track_video(config.tracker, outputs["pred_logits"], outputs["pred_masks"], outputs["pred_embeds"])
+    tracks, _ = track_video(config.tracker, outputs.final.logits, outputs.final.masks, outputs.final.embeds)
     expected = inference_video(tracks.pred_logits, tracks.pred_masks, tuple(images.shape[-2:]), (60, 90), (45, 70), 10)
     assert torch.equal(instances.labels, expected.labels)
     assert torch.equal(instances.masks, expected.masks)

@@ -23,16 +23,18 @@ def test_tiny_forward_shapes_and_backward():
     assert images.shape == (2, 3, 96, 96) and sizes == [(96, 96)] * 2
     outputs = network(images)
     q, k, c = config.transformer_decoder.num_queries, config.num_classes, config.transformer_decoder.hidden_dim
-    assert outputs["pred_logits"].shape == (2, q, k + 1)
-    assert outputs["pred_masks"].shape == (2, q, 24, 24)
-    assert outputs["pred_embeds"].shape == (2, q, c)
-    assert outputs["pred_queries"].shape == (2, q, c)
-    assert len(outputs["aux_outputs"]) == config.transformer_decoder.num_layers
-    for aux in outputs["aux_outputs"]:
-        assert aux["pred_logits"].shape == (2, q, k + 1) and aux["pred_masks"].shape == (2, q, 24, 24)
+    final = outputs.final
+    assert final.logits.shape == (2, q, k + 1) and final.num_frames == 2
+    assert final.masks.shape == (2, q, 24, 24)
+    assert final.embeds.shape == (2, q, c)
+    assert final.queries.shape == (2, q, c)
+    assert len(outputs.aux) == config.transformer_decoder.num_layers
+    assert outputs.attn_mask_logits is None and outputs.mask_features is None  # only on request
+    for aux in outputs.aux:
+        assert aux.logits.shape == (2, q, k + 1) and aux.masks.shape == (2, q, 24, 24)
     loss = sum(
-        out["pred_logits"].logsumexp(-1).mean() + out["pred_masks"].sigmoid().mean() + out["pred_embeds"].pow(2).mean()
-        for out in [outputs, *outputs["aux_outputs"]]
+        out.logits.logsumexp(-1).mean() + out.masks.sigmoid().mean() + out.embeds.pow(2).mean()
+        for out in [outputs.final, *outputs.aux]
     )
     loss.backward()
     missing = [n for n, p in network.named_parameters() if p.grad is None]
@@ -87,15 +89,15 @@ def test_fully_blocked_attention_rows_are_unblocked():
     queries attend everywhere, i.e. exactly what all-positive logits (nothing blocked) give."""
     blocked = _decoder_with_constant_masks(-1.0)
     allowed = _decoder_with_constant_masks(+1.0)
-    assert all((logits < 0).all() for logits in blocked["attn_mask_logits"])
-    assert torch.isfinite(blocked["pred_logits"]).all()
-    torch.testing.assert_close(blocked["pred_logits"], allowed["pred_logits"], rtol=0, atol=0)
-    torch.testing.assert_close(blocked["pred_embeds"], allowed["pred_embeds"], rtol=0, atol=0)
+    assert all((logits < 0).all() for logits in blocked.attn_mask_logits)
+    assert torch.isfinite(blocked.final.logits).all()
+    torch.testing.assert_close(blocked.final.logits, allowed.final.logits, rtol=0, atol=0)
+    torch.testing.assert_close(blocked.final.embeds, allowed.final.embeds, rtol=0, atol=0)
 
 
 def test_attention_mask_uses_previous_prediction_at_next_level():
     outputs = _decoder_with_constant_masks(1.0)
-    sizes = [tuple(l.shape[-2:]) for l in outputs["attn_mask_logits"]]
+    sizes = [tuple(l.shape[-2:]) for l in outputs.attn_mask_logits]
     assert sizes == [(2, 2), (4, 4), (8, 8)]
 
 
@@ -195,8 +197,8 @@ def test_tiny_runs_under_cpu_autocast():
     images, _ = network.preprocess(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = network(images, return_intermediates=True)
-        loss = outputs["pred_logits"].float().logsumexp(-1).mean() + outputs["pred_masks"].float().sigmoid().mean()
-    assert outputs["mask_features"].dtype == torch.float32
-    assert outputs["pred_logits"].dtype == torch.bfloat16
+        loss = outputs.final.logits.float().logsumexp(-1).mean() + outputs.final.masks.float().sigmoid().mean()
+    assert outputs.mask_features.dtype == torch.float32
+    assert outputs.final.logits.dtype == torch.bfloat16
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)

@@ -41,16 +41,18 @@ def _run(reference_dir, model, preset, clip):
 
 
 def _flat(outputs):
-    flat = {name: outputs[name] for name in ("pred_logits", "pred_masks", "pred_embeds", "pred_queries")}
-    flat["pred_bboxes"] = normalized_mask_boxes(outputs["pred_masks"])  # the released model's boxes, from our masks
-    flat["mask_features"] = outputs["mask_features"]
-    for level, feature in enumerate(outputs["multi_scale_features"]):
+    final = outputs.final  # named as the fixtures (the released Mask2Former's output keys)
+    flat = {"pred_logits": final.logits, "pred_masks": final.masks, "pred_embeds": final.embeds,
+            "pred_queries": final.queries}
+    flat["pred_bboxes"] = normalized_mask_boxes(final.masks)  # the released model's boxes, from our masks
+    flat["mask_features"] = outputs.mask_features
+    for level, feature in enumerate(outputs.multi_scale_features):
         flat[f"multi_scale_features_{level}"] = feature
-    for name, feature in outputs["backbone_features"].items():
+    for name, feature in outputs.backbone_features.items():
         flat[f"backbone_{name}"] = feature
-    flat["aux_pred_logits"] = torch.stack([aux["pred_logits"] for aux in outputs["aux_outputs"]])
-    flat["aux_pred_embeds"] = torch.stack([aux["pred_embeds"] for aux in outputs["aux_outputs"]])
-    for layer, logits in enumerate(outputs["attn_mask_logits"]):
+    flat["aux_pred_logits"] = torch.stack([aux.logits for aux in outputs.aux])
+    flat["aux_pred_embeds"] = torch.stack([aux.embeds for aux in outputs.aux])
+    for layer, logits in enumerate(outputs.attn_mask_logits):
         flat[f"attn_mask_logits_layer{layer}"] = logits
     return {name: value.numpy() for name, value in flat.items()}
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models.tracker import TrackerConfig, track_video
+from models.frame_outputs import FrameOutputs
 from models.video_inference import VideoInstances, inference_tracks, inference_video, stream_video_inference
 from tests.tracker_oracle import oracle_inference_video, synthetic_detections
 
@@ -130,7 +131,7 @@ def test_streamed_inference_chunks_equal_whole_video():
     def frame_forward(images):
         index = images[:, 0, 0, 0].long()
         calls.append(index.numel())
-        return {"pred_logits": logits[index], "pred_masks": masks[index], "pred_embeds": embeds[index]}
+        return FrameOutputs(logits=logits[index], masks=masks[index], queries=embeds[index], embeds=embeds[index])
 
     config = TrackerConfig()
     instances, tracks = stream_video_inference(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
@@ -141,9 +142,9 @@ def test_streamed_inference_chunks_equal_whole_video():
     expected = inference_video(expected_tracks.pred_logits, expected_tracks.pred_masks, (96, 160), (90, 150),
                                (90, 150), num_topk=40)
     assert torch.equal(instances.scores, expected.scores) and torch.equal(instances.masks, expected.masks)
-    with pytest.raises(KeyError, match="pred_embeds"):
-        stream_video_inference(lambda images: {"pred_logits": logits[:1], "pred_masks": masks[:1]}, frames[:1], config,
-                    (90, 150), (90, 150), num_topk=40)
+    with pytest.raises(ValueError, match="clip 0 embeds has 2 frames, expected 1"):
+        stream_video_inference(lambda images: FrameOutputs(logits[:1], masks[:1], embeds[:2], embeds[:2]), frames[:1],
+                               config, (90, 150), (90, 150), num_topk=40)
 
 
 @pytest.mark.gpu

@@ -21,13 +21,16 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from pipelines.redaction import is_secret_key, redact, redact_override
+
+if TYPE_CHECKING:  # the model's config type, without importing torch when a config is loaded
+    from models.model import CTVISConfig
 
 
 class ConfigError(ValueError):
@@ -298,7 +301,7 @@ class Experiment:
     name: str
     description: str
     model_preset: str
-    model: Any  # models.presets.CTVISConfig (frozen dataclass)
+    model: "CTVISConfig"  # frozen dataclass from models.presets, updated key by key
     platform: PlatformConfig
     source: str
     notes: tuple[str, ...] = ()  # what resolving the config decided for the user (e.g. a scaled schedule)

@@ -6,9 +6,9 @@
   bind 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with node IP 127.0.0.1), so a laptop run
   opens no port to the network.
 
-`plan_training()` counts what a training run asks for (Ray Train workers, and each worker's Ray Data
-clip decoders) against the cluster: a run that cannot fit would wait forever for CPUs that never
-free up, so on a fixed-size cluster it is an error that says which setting to change.
+`check_training_fits()` counts what a training run asks for (Ray Train workers, and each worker's
+Ray Data clip decoders) against the cluster: on the local Ray a run that cannot fit would wait forever
+for CPUs that never free up, so there it is an error that says which setting to change.
 """
 from __future__ import annotations
 
@@ -121,8 +121,8 @@ def training_plan(experiment: Any) -> TrainingPlan:
 
 def check_training_fits(plan: TrainingPlan, cluster: ClusterInfo, source: str,
                         log: Callable[[str], None] = print) -> None:
-    """Raise ResourceError when `plan` cannot run on a cluster that will not grow (a local Ray, a
-    single node); on a multi-node cluster (which an autoscaler may grow) say so and go on."""
+    """Raise ResourceError when `plan` cannot run on the local Ray this process started (it will
+    never grow); on a cluster it connected to (still starting, or autoscaled) say so and go on."""
     problems = []
     if plan.cpus > cluster.cpus + 1e-9:
         decoders = plan.workers * plan.decoders_per_worker * plan.cpus_per_decoder
@@ -139,9 +139,10 @@ def check_training_fits(plan: TrainingPlan, cluster: ClusterInfo, source: str,
     if not problems:
         return
     message = f"{source}: {plan.describe()}; " + "; ".join(problems)
-    if cluster.started_here or cluster.num_nodes <= 1:
+    if cluster.started_here:
         raise ResourceError(message + " (otherwise the run would wait forever for resources that never free up)")
-    log(f"warning: {message}; it will wait until the cluster grows (autoscaler) - watch the progress lines")
+    log(f"warning: {message} right now; it will wait for the cluster to grow (nodes starting, autoscaler) - "
+        f"the progress lines say when it stalls")
 
 
 def _round_down(value: float) -> str:

@@ -61,13 +61,21 @@ def test_training_that_cannot_fit_the_cluster_fails_before_anything_starts(local
 
 @pytest.mark.integration
 def test_the_readme_two_worker_command_on_two_cpus_names_the_fix(ray_local):
+    import dataclasses
+
     from pipelines.ray_runtime import ResourceError, check_training_fits, describe_cluster, training_plan
 
+    local = dataclasses.replace(describe_cluster(), started_here=True)  # as `ctvis train` starts it
     experiment = load_experiment(TINY, ["compute.num_workers=2"])
     with pytest.raises(ResourceError, match=r"needs 2.5 CPUs but the cluster has 2: set compute.cpus_per_worker=0.75"):
-        check_training_fits(training_plan(experiment), describe_cluster(), experiment.source)
+        check_training_fits(training_plan(experiment), local, experiment.source)
     fitting = load_experiment(TINY, ["compute.num_workers=2", "compute.cpus_per_worker=0.75"])
-    check_training_fits(training_plan(fitting), describe_cluster(), fitting.source)
+    check_training_fits(training_plan(fitting), local, fitting.source)
+    # a cluster we connected to may still be starting nodes or autoscale: a warning, not an error
+    lines: list[str] = []
+    check_training_fits(training_plan(experiment), dataclasses.replace(local, started_here=False),
+                        experiment.source, lines.append)
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "needs 2.5 CPUs" in lines[0]
 
 
 @pytest.mark.integration

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.tracker import TrackerConfig, VideoTracker, track_video  # noqa: E402
+from models.tracking import TrackerConfig, VideoTracker, track_video  # noqa: E402
 from models.video_inference import inference_tracks  # noqa: E402
 from tests.tracker_oracle import oracle_inference_video, oracle_track, synthetic_detections  # noqa: E402
 

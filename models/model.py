@@ -25,7 +25,7 @@ from .criterion import CriterionConfig, SetCriterion, gt_to_query_from_indices
 from .ctcl import CTCLConfig, CTCLLoss
 from .ctvis import CTVISNetwork, NetworkConfig
 from .matcher import FrameTarget
-from .tracker import TrackerConfig
+from .tracking import TrackerConfig
 from .video_inference import VideoInstances, stream_video_inference
 
 __all__ = ["InferenceConfig", "CTVISConfig", "CTVISModel", "build_model"]

@@ -26,7 +26,7 @@ from .ctvis import (
     TransformerDecoderConfig,
 )
 from .model import CTVISConfig, InferenceConfig
-from .tracker import TrackerConfig
+from .tracking import TrackerConfig
 
 YTVIS_NUM_CLASSES = 40  # YouTube-VIS 2019 and 2021 both have 40 categories
 OVIS_NUM_CLASSES = 25

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.frame_outputs import FrameOutputs
-from models.tracker import TrackerConfig, VideoTracker, VideoTracks, _numpy_view
+from models.tracking import TrackerConfig, VideoTracker, VideoTracks
+from models.tracking.host import _numpy_view
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def inference_tracks(tracks: VideoTracks, padded_size: tuple[int, int], image_si
         # Where each plane has a positive logit (rows, columns): a plane without one upsamples to
         # values <= 0 only, an all-False mask adding nothing to the confidence: skipped.
         array = _numpy_view(planes)
-        if array is not None:   # single-threaded numpy: see models.tracker._numpy_view
+        if array is not None:   # single-threaded numpy: see models.tracking.host._numpy_view
             rows_on, cols_on = array.max(axis=2) > 0, array.max(axis=1) > 0
         else:
             rows_on, cols_on = _host(planes.amax(dim=2) > 0), _host(planes.amax(dim=1) > 0)

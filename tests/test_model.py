@@ -12,7 +12,7 @@ from models import presets
 from models.checkpoint import load_official_weights
 from models.clip_batch import ClipBatch, collate_clips
 from models.model import CTVISConfig, CTVISModel, InferenceConfig, build_model
-from models.tracker import track_video
+from models.tracking import track_video
 from models.video_inference import inference_video
 
 

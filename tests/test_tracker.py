@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.tracker import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
-                            _band_pixel_counts, band_height, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep,
-                            track_video)
-import models.tracker as tracker_module
+import models.tracking.host as host_kernels
+from models.tracking import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
+                             band_height, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep, track_video)
+from models.tracking.detection import _band_pixel_counts
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
 
@@ -436,7 +436,7 @@ def test_few_tracked_candidates_are_compacted():
 def test_accelerator_code_path_matches_loop_oracle_on_cpu(variant, monkeypatch):
     """The torch-only code path (what runs on CUDA) with the numpy shortcuts switched off, on CPU:
     the same decisions as the loop oracle, streaming in clips and with copies."""
-    monkeypatch.setattr(tracker_module, "_HOST_FAST_PATHS", False)
+    monkeypatch.setattr(host_kernels, "_HOST_FAST_PATHS", False)
     config = TrackerConfig(**variant)
     logits, masks, embeds = synthetic_detections(24, seed=0)
     tracker = VideoTracker(config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tracker import TrackerConfig, track_video
+from models.tracking import TrackerConfig, track_video
 from models.frame_outputs import FrameOutputs
 from models.video_inference import VideoInstances, inference_tracks, inference_video, stream_video_inference
 from tests.tracker_oracle import oracle_inference_video, synthetic_detections

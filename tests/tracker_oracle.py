@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from models.tracker import TrackerConfig
+from models.tracking import TrackerConfig
 
 
 class _OracleTracklet:

@@ -180,9 +180,15 @@ def read_official_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
             raise ValueError(f"{path}: refused to load: {error}") from error
     else:
         raise ValueError(f"{path}: unknown checkpoint format {suffix!r} (expected .pth or .pkl)")
+    return official_tensors(obj, str(path))
+
+
+def official_tensors(obj: object, source: str) -> Dict[str, torch.Tensor]:
+    """The state dict in a loaded detectron2 checkpoint object (``{"model": {...}}`` or the dict
+    itself) as CPU tensors keyed by official names; `source` names it in errors."""
     state = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a dict (with a 'model' entry), got {type(obj).__name__}")
+        raise ValueError(f"{source}: expected a dict (with a 'model' entry), got {type(obj).__name__}")
     tensors: Dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if isinstance(value, np.ndarray):
@@ -190,7 +196,7 @@ def read_official_checkpoint(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         elif isinstance(value, torch.Tensor):
             tensors[key] = value
         else:
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array")
+            raise ValueError(f"{source}: entry {key!r} is a {type(value).__name__}, not an array")
     return tensors
 
 

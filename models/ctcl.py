@@ -68,6 +68,10 @@ class CTCLConfig:
     aux_reid_weight: float = 3.0
     # None: every other query, Q - 1 (the released setting: 99 of 100 queries, 199 of 200).
     num_negatives: Optional[int] = None
+
+    def resolved_num_negatives(self, num_queries: int) -> int:
+        """The negatives per anchor for Q = `num_queries` queries (the default resolved)."""
+        return num_queries - 1 if self.num_negatives is None else self.num_negatives
     momentum_embed: bool = True
     noise_embed: bool = False
     negatives: Literal["released", "paper"] = "released"
@@ -246,7 +250,7 @@ def ctcl_loss(
         :class:`CTCLOutput`; ``.losses()`` gives the weighted ``loss_reid`` / ``loss_aux_reid``.
     """
     if config.num_negatives is None and pred_embeds.dim() == 4:
-        config = replace(config, num_negatives=pred_embeds.shape[2] - 1)  # all the other queries (released)
+        config = replace(config, num_negatives=config.resolved_num_negatives(pred_embeds.shape[2]))
     _check_inputs(pred_embeds, gt_to_query, valid, config)
     if chooser is None:
         chooser = RandomChooser(generator)

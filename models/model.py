@@ -80,8 +80,7 @@ class CTVISConfig:
     @property
     def num_negatives(self) -> int:
         """CT-CL negatives per anchor, with the released default (every other query) resolved."""
-        negatives = self.ctcl.num_negatives
-        return self.network.transformer_decoder.num_queries - 1 if negatives is None else negatives
+        return self.ctcl.resolved_num_negatives(self.network.transformer_decoder.num_queries)
 
     @property
     def num_topk(self) -> int:

@@ -140,7 +140,7 @@ def read_weights(path: Path, name: str) -> WeightsFile:
     """Read a weights file safely (`name` is what messages call it)."""
     import torch
 
-    from models.checkpoint import read_official_checkpoint
+    from models.checkpoint import official_tensors, read_official_checkpoint
 
     suffix = path.suffix.lower()
     if not path.is_file():
@@ -163,6 +163,10 @@ def read_weights(path: Path, name: str) -> WeightsFile:
             if not isinstance(tensors, dict):
                 raise WeightsError(f"{name}: a CTVIS weights file without its 'model' state dict")
             return WeightsFile("ours", tensors)
+        try:  # an official .pth, already loaded: not read a second time
+            return WeightsFile("official", official_tensors(payload, name))
+        except ValueError as error:
+            raise WeightsError(str(error)) from None
     elif suffix != ".pkl":
         raise WeightsError(f"{name}: unknown weights format {suffix or '(no suffix)'!r}: expected an official "
                            f".pth / .pkl, our model.pt or a checkpoint directory")
@@ -220,11 +224,10 @@ def check_weights(uri: str, model_config: Any, tracking_uri: Optional[str] = Non
         targets = {k[len("network."):]: v for k, v in targets.items() if k.startswith("network.")} or targets
     else:
         tensors, unexpected_count = weights.tensors, 0
-    matched = sum(1 for k, v in tensors.items() if k in targets and tuple(v.shape) == tuple(targets[k].shape))
-    mismatched = sum(1 for k, v in tensors.items() if k in targets and tuple(v.shape) != tuple(targets[k].shape))
-    unexpected_count += sum(1 for k in tensors if k not in targets)
-    check = WeightsCheck(source, weights.kind, matched, len(targets), mismatched, unexpected_count)
-    if matched == 0:
+    usable, skipped, unexpected_names = _match(tensors, targets)
+    check = WeightsCheck(source, weights.kind, len(usable), len(targets), len(skipped),
+                         unexpected_count + len(unexpected_names))
+    if not usable:
         raise WeightsError(f"{check.summary()}: nothing in the file fits this model - is it a checkpoint of the "
                            f"same architecture (model.preset)?")
     return check
@@ -238,9 +241,7 @@ def load_weights(model: Any, source: WeightsSource) -> str:
         return model.load_official_checkpoint(weights.tensors).summary().replace(
             "checkpoint <state dict>", f"checkpoint {storage.redact(source.uri)}", 1)
     targets = model.state_dict()
-    usable = {k: v for k, v in weights.tensors.items() if k in targets and tuple(v.shape) == tuple(targets[k].shape)}
-    skipped = sorted(k for k, v in weights.tensors.items() if k in targets and tuple(v.shape) != tuple(targets[k].shape))
-    unexpected = sorted(set(weights.tensors) - set(targets))
+    usable, skipped, unexpected = _match(weights.tensors, targets)
     model.load_state_dict(usable, strict=False)
     missing = sorted(set(targets) - set(usable))
     lines = [f"checkpoint {storage.redact(source.uri)}: loaded {len(usable)}, missing {len(missing)}, "
@@ -248,3 +249,11 @@ def load_weights(model: Any, source: WeightsSource) -> str:
     lines += [f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
     lines += [f"  shape-skipped: {k}" for k in skipped]
     return "\n".join(lines)
+
+
+def _match(tensors: dict, targets: dict) -> tuple[dict, list[str], list[str]]:
+    """(tensors the model takes as they are, names whose shape differs, names the model lacks)."""
+    usable = {k: v for k, v in tensors.items() if k in targets and tuple(v.shape) == tuple(targets[k].shape)}
+    skipped = sorted(k for k in tensors if k in targets and k not in usable)
+    unexpected = sorted(set(tensors) - set(targets))
+    return usable, skipped, unexpected

@@ -143,14 +143,19 @@ def test_relative_paths_become_absolute_and_missing_shards_are_named(local_shard
     assert resolved.train.init_weights == str(root / "w/model.pt")
     assert resolved.tracking.tracking_uri == f"sqlite:///{root / 'm/mlflow.db'}"
     assert resolved.data.train[0].annotations == str(root / "data/synth/train/annotations.json")
-    check_static(resolved.__class__(**{**resolved.__dict__, "platform": resolved.platform.model_copy(update={
-        "data": resolved.data.model_copy(update={"train": (resolved.data.train[0].model_copy(
-            update={"annotations": None, "frames_root": None}),)})})}))
+    check_static(_shards_only(resolved))
     elsewhere = resolve_paths(experiment, base=str(tmp_path))
     with pytest.raises(PreflightError, match=str(tmp_path / "data/shards/train")):
-        check_static(elsewhere.__class__(**{**elsewhere.__dict__, "platform": elsewhere.platform.model_copy(update={
-            "data": elsewhere.data.model_copy(update={"train": (elsewhere.data.train[0].model_copy(
-                update={"annotations": None, "frames_root": None}),)})})}))
+        check_static(_shards_only(elsewhere))
+
+
+def _shards_only(experiment):
+    """The experiment training from its first split's shards alone (no raw annotations / frames)."""
+    import dataclasses
+
+    split = experiment.data.train[0].model_copy(update={"annotations": None, "frames_root": None})
+    data = experiment.data.model_copy(update={"train": (split,)})
+    return dataclasses.replace(experiment, platform=experiment.platform.model_copy(update={"data": data}))
 
 
 def test_under_a_ray_job_run_storage_and_tracking_must_survive_the_job(monkeypatch):

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Optional
 
@@ -208,7 +207,7 @@ def _register(experiment: Any, mlflow_run: Any, val_metrics: dict[str, float], f
     return mlflow_run.register_model(name, "model", description=description, tags=tags)
 
 
-def prepare(experiment: Any, log: Callable[[str], None] = print) -> Any:
+def prepare(experiment: Any) -> Any:
     """The checks that need no Ray: absolute local paths, run storage that survives a job, shards,
     batch divisibility (see `pipelines.train.preflight`). Returns the experiment with absolute paths."""
     from pipelines.ray_runtime import in_ray_job
@@ -228,15 +227,15 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     cluster's resources and the initial weights); while it trains, the driver prints progress
     (step, loss, clips/s, ETA) and says when no step completes for `compute.stall_timeout_s`."""
     from pipelines.ray_runtime import connect
-    from pipelines.mlflow_runs import MlflowRun, default_tracking_uri
+    from pipelines.mlflow_runs import MlflowRun
     from pipelines.train.visualize import loss_curve_plot
 
     started = time.time()
-    experiment = prepare(experiment, log)
+    experiment = prepare(experiment)
     runs_root = experiment.storage.runs_root
     run_name = experiment.train.run_name or experiment.name
-    registry = experiment.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    init_weights = check_init_weights(experiment, registry, log)
+    # models:/ URIs resolve against the run's registry (pipelines.mlflow_runs.resolve_tracking_uri)
+    init_weights = check_init_weights(experiment, experiment.tracking.tracking_uri, log)
     cluster = connect(ray_address, log=log)
     check_cluster(experiment, cluster, log)
     mlflow_run = MlflowRun(experiment.tracking.tracking_uri)
@@ -252,7 +251,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
             raise result.error
     except (KeyboardInterrupt, SystemExit) as stop:
         mlflow_run.end("KILLED")  # stopped, not broken: running the same command again continues it
-        if isinstance(stop, SystemExit) and type(stop) is SystemExit:
+        if type(stop) is SystemExit:
             # Ray ends a fit() interrupted by SIGINT (its graceful abort) or by a signal inside ray.get
             # with a bare SystemExit; to the caller it is an interruption.
             raise KeyboardInterrupt from None
@@ -292,13 +291,12 @@ class ProgressWatchdog:
     a warning that says what the cluster is waiting for (repeated while the stall lasts)."""
 
     def __init__(self, runs_root: str, run_name: str, max_iter: int, stall_timeout_s: float,
-                 log: Callable[[str], None], interval_s: float = 30.0, poll_s: float = 2.0):
+                 log: Callable[[str], None], interval_s: float = 30.0, poll_s: float = 5.0):
         import threading
 
         self.runs_root, self.run_name, self.max_iter = runs_root, run_name, max_iter
         self.stall_timeout_s, self.interval_s, self.poll_s = stall_timeout_s, interval_s, poll_s
         self.log = log
-        self.warnings: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ctvis-progress", daemon=True)
 
@@ -340,7 +338,6 @@ class ProgressWatchdog:
                 where = f"last at step {last_step}" if last_step is not None else "no step finished yet"
                 message = (f"warning: no training progress for {now - last_change:.0f} s ({where}); "
                            f"{resource_diagnosis()}")
-                self.warnings.append(message)
                 self.log(message)
                 last_change = now
 

@@ -169,7 +169,7 @@ def train_worker(config: dict) -> None:
                                      rank=rank, cpus_per_decoder=experiment.compute.cpus_per_decoder),
         per_rank, experiment.data.size_divisibility, positions)
 
-    last_time = loop_start = time.perf_counter()
+    last_time = loop_start = last_progress = time.perf_counter()
     val_metrics: dict[str, float] = {}
     if rank == 0:  # the driver's progress lines and stall warnings read this (pipelines.train.job)
         state.write_progress(config["runs_root"], config["run_name"], {"step": start_step, "phase": "starting"})
@@ -215,7 +215,10 @@ def train_worker(config: dict) -> None:
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
             mlflow_run.log_metrics(metrics, step=completed)
-            if rank == 0:
+            # The driver polls this every few seconds: on storage (S3), at most one write per period.
+            if rank == 0 and (now - last_progress >= state.PROGRESS_PERIOD_S or completed == start_step + 1
+                              or completed == schedule.max_iter):
+                last_progress = now
                 state.write_progress(config["runs_root"], config["run_name"], {
                     "step": completed, "loss": summary["loss_total"],
                     "clips_per_s": metrics["train/clips_per_s"],

@@ -121,6 +121,7 @@ def fault_marker_uri(runs_root: str, run_name: str, step: int) -> str:
 
 
 PROGRESS_FILE = "progress.json"
+PROGRESS_PERIOD_S = 5.0  # rank 0 writes its progress at most this often (and at the first and last step)
 
 
 def write_progress(runs_root: str, run_name: str, progress: dict[str, Any]) -> None:

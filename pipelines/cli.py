@@ -35,16 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(SystemExit):
-    """SIGTERM (e.g. `ray job stop`, `kill`): unwinds like Ctrl-C so that runs are closed cleanly."""
-
-
 _terminated_by: list[int] = []  # the signal that ended the run, if one did
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    """SIGTERM (`ray job stop`, `kill`) unwinds like Ctrl-C, so that runs are closed cleanly."""
     _terminated_by.append(signum)
-    raise Terminated(128 + signum)
+    raise KeyboardInterrupt
 
 
 # Errors that are the user's environment, not a bug: one line on stderr, exit status 2.
@@ -88,20 +85,16 @@ def _run_verb(argv: list[str]) -> int:
         previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     name = f"ctvis {args.verb}" + (f" {args.data_command}" if getattr(args, "data_command", None) else "")
     module = importlib.import_module(args._verb_module)
+    _terminated_by.clear()
     try:
         return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        if _terminated_by:
-            print(f"{name}: terminated", file=sys.stderr, flush=True)
-            return 128 + _terminated_by[-1]
-        print(f"{name}: interrupted", file=sys.stderr, flush=True)
-        return 130
-    except SystemExit as stop:
-        # Ours, or Ray's SystemExit(1) when the signal arrived inside a blocking ray.get.
-        if not (isinstance(stop, Terminated) or _terminated_by):
+    except (KeyboardInterrupt, SystemExit) as stop:
+        # A SystemExit is ours only after SIGTERM (Ray turns a signal inside a blocking ray.get into one).
+        if isinstance(stop, SystemExit) and not _terminated_by:
             raise
-        print(f"{name}: terminated", file=sys.stderr, flush=True)
-        return 128 + (_terminated_by[-1] if _terminated_by else signal.SIGTERM)
+        word, code = ("terminated", 128 + _terminated_by[-1]) if _terminated_by else ("interrupted", 130)
+        print(f"{name}: {word}", file=sys.stderr, flush=True)
+        return code
     except Exception as error:  # noqa: BLE001 - only the environment's errors are turned into one line
         if not _is_environment_error(error):
             raise

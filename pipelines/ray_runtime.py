@@ -34,21 +34,15 @@ class ClusterInfo:
     num_nodes: int
     cpus: float
     gpus: float
-    in_job: bool
-
-    @property
-    def local(self) -> bool:
-        """A single-node cluster on this machine (local paths are shared by every process of it)."""
-        return self.num_nodes <= 1
 
 
 def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, log_to_driver: bool = True,
             log: Callable[[str], None] = lambda line: None) -> ClusterInfo:
     """Connect to Ray (see the module docstring) unless already connected; describe the cluster."""
+    global _started_here
     import signal
     import threading
 
-    started_here = False
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Before importing ray: its services read this when they start.
     if not address:
@@ -61,6 +55,7 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, lo
     if not ray.is_initialized():
         in_main = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGTERM) if in_main else None
+        _started_here = not address
         if address:
             ray.init(address=address, configure_logging=False)
         else:
@@ -68,25 +63,22 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, lo
             # stall reports need; it binds 127.0.0.1 like everything else here.
             ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
                      configure_logging=False, log_to_driver=log_to_driver)
-            started_here = True
             log(f"started a local Ray on {LOOPBACK} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
         if in_main and handler not in (None, signal.SIG_DFL):
             signal.signal(signal.SIGTERM, handler)  # ray.init replaced it with a bare sys.exit
-    return describe_cluster(started_here)
+    return describe_cluster()
 
 
-_started_here = False  # this process started the local Ray it is connected to
+_started_here = False  # the Ray this process is connected to is a local one connect() started
 
 
-def describe_cluster(started_here: Optional[bool] = None) -> ClusterInfo:
-    global _started_here
+def describe_cluster() -> ClusterInfo:
     import ray
 
-    _started_here = _started_here or bool(started_here)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     resources = ray.cluster_resources()
     return ClusterInfo(started_here=_started_here, num_nodes=len(nodes), cpus=float(resources.get("CPU", 0.0)),
-                       gpus=float(resources.get("GPU", 0.0)), in_job=in_ray_job())
+                       gpus=float(resources.get("GPU", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)

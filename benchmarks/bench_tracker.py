@@ -6,7 +6,8 @@ same synthetic video, with identical results asserted.
 
 Prints one JSON line. Cases: tracker over 36 frames and over 100 frames (100 queries, 120x216 mask
 logits, 256-d embeddings, 40 classes): whole-video ``track_video`` (keeps references to the input,
-as the released code does), and streaming (``VideoTracker.step_clip`` on 5-frame clips as
+as the released code does; also with the CPU kernel of the mask passes switched off, the torch
+path accelerators run), and streaming (``VideoTracker.step_clip`` on 5-frame clips as
 ``infer_video`` feeds it, and one frame per call; both keep copies of the masks); post-processing
 of the 36-frame tracks to 480x864 (padded = image = output size, top-40).
 
@@ -29,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import models.tracking.cpu_kernel as cpu_kernel  # noqa: E402
 from models.tracking import TrackerConfig, VideoTracker, track_video  # noqa: E402
 from models.video_inference import inference_tracks  # noqa: E402
 from tests.tracker_oracle import oracle_inference_video, oracle_track, synthetic_detections  # noqa: E402
@@ -52,6 +54,17 @@ def bench_tracker(config, logits, masks, embeds, repeats):
         return out
 
     dense_s, _ = best_time(with_dense_masks, repeats)
+
+    def torch_path():
+        # The same tracker with the CPU kernel switched off: the torch path accelerators run.
+        cpu_kernel.ENABLED = False
+        try:
+            return track_video(config, logits, masks, embeds)
+        finally:
+            cpu_kernel.ENABLED = True
+
+    torch_s, (torch_tracks, _) = best_time(torch_path, repeats)
+    assert torch.equal(torch_tracks.pred_masks, tracks.pred_masks)
     loop_s, (assigned, live, track_ids, out_logits, out_masks) = best_time(
         lambda: oracle_track(config, logits, masks, embeds), max(1, repeats - 1))
     assert np.array_equal(np.stack([r.assigned_ids.numpy() for r in results]), np.array(assigned))
@@ -73,7 +86,8 @@ def bench_tracker(config, logits, masks, embeds, repeats):
     assert torch.equal(stream5.pred_masks, out_masks) and torch.equal(stream1.pred_masks, out_masks)
     return tracks, {"frames": int(logits.shape[0]), "tracks": len(tracks), "selected_per_frame": round(kept, 1),
                     "loop_s": round(loop_s, 4), "vectorised_s": round(fast_s, 4),
-                    "speedup": round(loop_s / fast_s, 1), "vectorised_dense_masks_s": round(dense_s, 4),
+                    "speedup": round(loop_s / fast_s, 1), "torch_path_s": round(torch_s, 4),
+                    "cpu_kernel_speedup": round(torch_s / fast_s, 1), "vectorised_dense_masks_s": round(dense_s, 4),
                     "speedup_dense_masks": round(loop_s / dense_s, 1),
                     "streaming_5_frame_clips_s": round(stream5_s, 4), "speedup_streaming_5": round(loop_s / stream5_s, 1),
                     "streaming_1_frame_s": round(stream1_s, 4), "speedup_streaming_1": round(loop_s / stream1_s, 1)}

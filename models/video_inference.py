@@ -30,6 +30,7 @@ Shapes: N tracks, T frames, K classes (K+1 logits), h, w mask size, H, W output 
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -40,7 +41,6 @@ from torch import Tensor
 
 from models.frame_outputs import FrameOutputs
 from models.tracking import TrackerConfig, VideoTracker, VideoTracks
-from models.tracking.host import _numpy_view
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,7 @@ def inference_tracks(tracks: VideoTracks, padded_size: tuple[int, int], image_si
         planes = tracks.planes(unique_host[chunk_track], chunk_frame)                    # (p, h, w)
         # Where each plane has a positive logit (rows, columns): a plane without one upsamples to
         # values <= 0 only, an all-False mask adding nothing to the confidence: skipped.
-        array = _numpy_view(planes)
-        if array is not None:   # single-threaded numpy: see models.tracking.host._numpy_view
-            rows_on, cols_on = array.max(axis=2) > 0, array.max(axis=1) > 0
-        else:
-            rows_on, cols_on = _host(planes.amax(dim=2) > 0), _host(planes.amax(dim=1) > 0)
+        rows_on, cols_on = _host(planes.amax(dim=2) > 0), _host(planes.amax(dim=1) > 0)
         present = np.flatnonzero(rows_on.any(axis=1))
         if present.size == 0:
             continue
@@ -284,10 +280,10 @@ def inference_video(pred_logits: Tensor, pred_masks: Tensor, padded_size: tuple[
 
 @torch.no_grad()
 def stream_video_inference(frame_forward: Callable[[Tensor], FrameOutputs], frames: Tensor | Iterable[Tensor],
-                tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
-                num_topk: int, chunk_size: int = 5, device: torch.device | str | None = None,
-                mask_storage_device: torch.device | str | None = None,
-                planes_per_chunk: int = 8) -> tuple[VideoInstances, VideoTracks]:
+                           tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
+                           num_topk: int, chunk_size: int = 5, device: torch.device | str | None = None,
+                           mask_storage_device: torch.device | str | None = None,
+                           planes_per_chunk: int = 8) -> tuple[VideoInstances, VideoTracks]:
     """Online inference over a whole video in bounded memory.
 
     frame_forward(images (t, 3, H_pad, W_pad)) -> `FrameOutputs` (logits (t, Q, K+1), masks
@@ -295,7 +291,8 @@ def stream_video_inference(frame_forward: Callable[[Tensor], FrameOutputs], fram
     ``frames`` is either a (T, 3, H_pad, W_pad) tensor (fed ``chunk_size`` frames at a time, e.g.
     kept on the CPU and moved to ``device`` per chunk) or an iterable of such clips. Each chunk's
     outputs go through the streaming tracker (``VideoTracker.step_clip``, which copies the masks it
-    keeps, so the chunk's outputs are freed); then the tracks are post-processed.
+    keeps, so the chunk's outputs are freed); then the tracks are post-processed
+    (:func:`track_and_postprocess`).
     """
     if chunk_size < 1:
         raise ValueError(f"stream_video_inference: chunk_size must be >= 1, got {chunk_size}")
@@ -305,24 +302,49 @@ def stream_video_inference(frame_forward: Callable[[Tensor], FrameOutputs], fram
         clips: Iterable[Tensor] = (frames[start:start + chunk_size] for start in range(0, frames.shape[0], chunk_size))
     else:
         clips = frames
-    tracker = VideoTracker(tracker_config, device=device, mask_storage_device=mask_storage_device)
-    padded_size = None
-    for clip_index, clip in enumerate(clips):
-        if padded_size is None:
-            padded_size = tuple(clip.shape[-2:])
-        elif tuple(clip.shape[-2:]) != padded_size:
-            raise ValueError(f"stream_video_inference: clip {clip_index} has size {tuple(clip.shape[-2:])}, "
-                             f"expected {padded_size}")
-        if device is not None:
-            clip = clip.to(device)
-        outputs = frame_forward(clip)
-        for name in ("logits", "masks", "embeds"):
-            if getattr(outputs, name).shape[0] != clip.shape[0]:
-                raise ValueError(f"stream_video_inference: clip {clip_index} {name} has "
-                                 f"{getattr(outputs, name).shape[0]} frames, expected {clip.shape[0]}")
-        tracker.step_clip(outputs.logits, outputs.masks, outputs.embeds)
-    if padded_size is None:
+    clips = iter(clips)
+    first = next(clips, None)
+    if first is None:
         raise ValueError("stream_video_inference: the video has no frames")
+    padded_size = tuple(first.shape[-2:])
+
+    def clip_outputs() -> Iterable[FrameOutputs]:
+        for clip_index, clip in enumerate(itertools.chain([first], clips)):
+            if tuple(clip.shape[-2:]) != padded_size:
+                raise ValueError(f"stream_video_inference: clip {clip_index} has size {tuple(clip.shape[-2:])}, "
+                                 f"expected {padded_size}")
+            if device is not None:
+                clip = clip.to(device)
+            outputs = frame_forward(clip)
+            for name in ("logits", "masks", "embeds"):
+                if getattr(outputs, name).shape[0] != clip.shape[0]:
+                    raise ValueError(f"stream_video_inference: clip {clip_index} {name} has "
+                                     f"{getattr(outputs, name).shape[0]} frames, expected {clip.shape[0]}")
+            yield outputs
+
+    return track_and_postprocess(clip_outputs(), padded_size, tracker_config, image_size, output_size, num_topk,
+                                 device=device, mask_storage_device=mask_storage_device,
+                                 planes_per_chunk=planes_per_chunk)
+
+
+def track_and_postprocess(clip_outputs: Iterable[FrameOutputs], padded_size: tuple[int, int],
+                          tracker_config: TrackerConfig, image_size: tuple[int, int], output_size: tuple[int, int],
+                          num_topk: int, device: torch.device | str | None = None,
+                          mask_storage_device: torch.device | str | None = None,
+                          planes_per_chunk: int = 8) -> tuple[VideoInstances, VideoTracks]:
+    """The online tracker over a video's network outputs, clip by clip, then the top-k video
+    instances (the released post-processing). What runs after the network, on live outputs
+    (:func:`stream_video_inference`) or on stored ones (a re-run from an output cache).
+
+    clip_outputs: `FrameOutputs` of consecutive clips (logits (t, Q, K+1), masks (t, Q, h, w),
+    embeds (t, Q, C)); padded_size: the (H_pad, W_pad) the network saw; image_size, output_size,
+    num_topk: see :func:`inference_tracks`.
+    """
+    tracker = VideoTracker(tracker_config, device=device, mask_storage_device=mask_storage_device)
+    for outputs in clip_outputs:
+        tracker.step_clip(outputs.logits, outputs.masks, outputs.embeds)
+    if tracker.num_frames == 0:
+        raise ValueError("the video has no frames")
     tracks = tracker.finalize()
     instances = inference_tracks(tracks, padded_size, image_size, output_size, num_topk,
                                  planes_per_chunk=planes_per_chunk, mask_device=mask_storage_device)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import models.tracking.host as host_kernels
+import models.tracking.cpu_kernel as cpu_kernel
 from models.tracking import (BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig, VideoTracker, VideoTracks,
                              band_height, binarize_mask_logits, greedy_match, hungarian_match, mask_nms_keep, track_video)
-from models.tracking.detection import _band_pixel_counts
+from models.tracking.cpu_kernel import CpuMaskPasses, _band_pixel_counts
+from models.tracking.detection import MaskPasses
 from tests.tracker_oracle import oracle_track, synthetic_detections
 
 
@@ -291,13 +292,14 @@ def _pairwise_nms(masks, thr):
     return expected
 
 
-def test_mask_nms_matches_pairwise_definition():
+@pytest.mark.parametrize("passes", [MaskPasses(), CpuMaskPasses()], ids=["torch", "cpu_kernel"])
+def test_mask_nms_matches_pairwise_definition(passes):
     generator = torch.Generator().manual_seed(3)
     masks = torch.rand(12, 16, 16, generator=generator) > 0.5    # dense: many candidate pairs (matmul path)
     masks[5] = masks[2]
     masks[7] = False
     masks[9] = False                                        # two empty masks: IoU 1 -> the later one goes
-    keep = mask_nms_keep(masks, 0.6)
+    keep = mask_nms_keep(masks, 0.6, passes)
     assert keep.tolist() == _pairwise_nms(masks, 0.6)
     assert not keep[5] and not keep[9] and keep[7]
     # Sparse boxes (few candidate pairs: gathered path), IoUs spread around the threshold.
@@ -309,7 +311,7 @@ def test_mask_nms_matches_pairwise_definition():
             hh, ww = (int(v) for v in torch.randint(2, 7, (2,), generator=generator))
             masks[q, y:y + hh, x:x + ww] = True
         for thr in (0.3, 0.6):
-            assert mask_nms_keep(masks, thr).tolist() == _pairwise_nms(masks, thr), (seed, thr)
+            assert mask_nms_keep(masks, thr, passes).tolist() == _pairwise_nms(masks, thr), (seed, thr)
 
 
 @pytest.mark.parametrize("height,width", [(120, 216), (6, 8), (5, 2040), (6, 2048), (7, 13), (4, 504), (8, 512)])
@@ -322,6 +324,62 @@ def test_band_pixel_counts_word_sums_equal_plain_counts(height, width):
     expected = masks.reshape(3, height // rows, rows * width).sum(axis=2)
     assert np.array_equal(_band_pixel_counts(masks), expected)
     assert np.array_equal(_band_pixel_counts(masks[:, :, ::-1]), expected)   # not contiguous
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("keep_copy", [True, False])
+def test_cpu_kernel_equals_torch_mask_passes(dtype, keep_copy):
+    """Each full-mask pass of the CPU kernel gives the torch path's values: candidate masks (with
+    logits near zero, where only the real sigmoid decides), band counts and pair intersections,
+    and the kernel's reused buffers leave no trace from one clip to the next."""
+    generator = torch.Generator().manual_seed(int(keep_copy) + 7)
+    torch_passes, cpu_passes = MaskPasses(), CpuMaskPasses()
+    for num_frames, height, width in ((3, 24, 40), (2, 24, 40), (2, 10, 13)):   # a smaller clip reuses buffers
+        num_queries = 9
+        pred_masks = torch.randn(num_frames, num_queries, height, width, generator=generator)
+        pred_masks[:, :, :2] = torch.randn(num_frames, num_queries, 2, width, generator=generator) * 1e-5
+        pred_masks = pred_masks.to(dtype)
+        num_selected = np.array([4, 9, 1][:num_frames])
+        offsets = np.concatenate([[0], np.cumsum(num_selected)])
+        order = np.stack([torch.randperm(num_queries, generator=generator).numpy() for _ in range(num_frames)])
+        flat_rows = np.concatenate([frame * num_queries + order[frame, :count]
+                                    for frame, count in enumerate(num_selected)])
+        expected, got = (passes.candidate_masks(pred_masks, flat_rows, offsets, keep_copy)
+                         for passes in (torch_passes, cpu_passes))
+        flat_masks = pred_masks.reshape(-1, height, width)[torch.from_numpy(flat_rows)]
+        assert torch.equal(expected.binary, flat_masks.sigmoid() > 0.5)
+        assert torch.equal(got.binary, expected.binary)
+        assert np.array_equal(got.band_counts, expected.band_counts)
+        assert (got.logits is None) == (expected.logits is None) == (not keep_copy)
+        if keep_copy:
+            assert torch.equal(got.logits, expected.logits) and torch.equal(got.logits, flat_masks)
+        assert np.array_equal(cpu_passes.band_counts(expected.binary), torch_passes.band_counts(expected.binary))
+        first, second = np.triu_indices(int(offsets[-1]), 1)
+        assert np.array_equal(cpu_passes.intersections(expected.binary, first, second),
+                              torch_passes.intersections(expected.binary, first, second))
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_cpu_kernel_and_torch_path_track_alike(variant, monkeypatch):
+    """The whole tracker with the CPU kernel and with the torch path (what accelerators run) on CPU:
+    the same per-frame results and the same tracks, bit for bit."""
+    config = TrackerConfig(**variant)
+    logits, masks, embeds = synthetic_detections(20, seed=4)
+    outputs = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(cpu_kernel, "ENABLED", enabled)
+        tracker = VideoTracker(config)
+        results = tracker.step_clip(logits[:1], masks[:1], embeds[:1])
+        assert isinstance(tracker._mask_passes, CpuMaskPasses) == enabled
+        results += tracker.step_clip(logits[1:], masks[1:], embeds[1:])
+        outputs[enabled] = results, tracker.finalize()
+    (results, tracks), (torch_results, torch_tracks) = outputs[True], outputs[False]
+    for result, torch_result in zip(results, torch_results):
+        for field in ("assigned_ids", "query_indices", "track_ids", "live_ids"):
+            assert torch.equal(getattr(result, field), getattr(torch_result, field))
+    assert torch.equal(tracks.track_ids, torch_tracks.track_ids)
+    assert torch.equal(tracks.pred_logits, torch_tracks.pred_logits)
+    assert torch.equal(tracks.pred_masks, torch_tracks.pred_masks)
 
 
 def test_binarize_equals_sigmoid_threshold_near_zero():
@@ -436,7 +494,7 @@ def test_few_tracked_candidates_are_compacted():
 def test_accelerator_code_path_matches_loop_oracle_on_cpu(variant, monkeypatch):
     """The torch-only code path (what runs on CUDA) with the numpy shortcuts switched off, on CPU:
     the same decisions as the loop oracle, streaming in clips and with copies."""
-    monkeypatch.setattr(host_kernels, "_HOST_FAST_PATHS", False)
+    monkeypatch.setattr(cpu_kernel, "ENABLED", False)
     config = TrackerConfig(**variant)
     logits, masks, embeds = synthetic_detections(24, seed=0)
     tracker = VideoTracker(config)

@@ -7,12 +7,13 @@
 Modules, in the order a frame goes through them:
 
 - `config`: `TrackerConfig` (the released keys) and the diagnostic codes of the per-frame results;
-- `detection`: select threshold, mask binarisation and mask NMS for a clip of frames at once;
+- `detection`: select threshold, mask binarisation and mask NMS for a clip of frames at once (the
+  full-mask passes in torch: `MaskPasses`);
 - `association`: frame-weighted greedy matching (released) and Hungarian matching;
 - `memory_bank`: the tracklets' re-id embeddings and the fused embedding each match compares with;
 - `video_tracker`: `VideoTracker` (the streaming state), `VideoTracks`, `track_video`;
-- `host`: the CPU kernels (numpy views of CPU tensors); every caller takes the torch path where
-  `host._numpy_view` returns None (non-CPU tensors, bfloat16, or `host._HOST_FAST_PATHS` off).
+- `cpu_kernel`: the same full-mask passes on numpy views of CPU tensors (`CpuMaskPasses`), and the
+  one switch between the two (`mask_passes_for`). Everything else is one torch path.
 """
 from .association import greedy_match, hungarian_match
 from .config import BELOW_SELECT_THR, NO_TRACK_ID, REMOVED_BY_NMS, TrackerConfig

@@ -1,5 +1,10 @@
 """The detection stage of a clip of frames: select threshold, mask binarisation and mask NMS
-(exact IoU from areas, band bounds, integer intersections only where the bound cannot settle)."""
+(exact IoU from areas, band bounds, integer intersections only where the bound cannot settle).
+
+The full-mask passes (gather the candidates' masks, binarise, count pixels per band of rows, count
+pair intersections) are the methods of :class:`MaskPasses`, in torch on any device: the reference
+path. ``cpu_kernel.CpuMaskPasses`` computes the same values on numpy views of CPU tensors; the
+tracker picks one in ``cpu_kernel.mask_passes_for`` (the one switch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,24 +13,53 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .host import _ambiguous_logit, _float32_iou, _host, _numpy_view
+
+# Below this logit the float32 ``sigmoid(x) > 0.5`` test can disagree with ``x > 0`` (sigmoid rounds
+# to exactly 0.5 for 0 < x < ~6e-8); above it both agree. Only such pixels pay for a sigmoid. Lower
+# precisions round sigmoid(x) = 0.5 + x/4 to 0.5 up to x ~ eps: see ambiguous_logit.
+_SIGMOID_AMBIGUOUS_LOGIT = 1e-4
+
+# Pairs whose exact intersection is counted by one gathered AND per batch (bounds the temporaries).
+INTERSECTION_PAIRS_PER_BATCH = 256
+
+
+def ambiguous_logit(dtype: torch.dtype) -> float:
+    """The logit below which ``x > 0`` may disagree with ``sigmoid(x) > 0.5`` in ``dtype``."""
+    return max(_SIGMOID_AMBIGUOUS_LOGIT, 8 * torch.finfo(dtype).eps)
+
+
+def to_host(tensor: Tensor) -> np.ndarray:
+    """A numpy view (CPU) or copy (accelerator) of a small tensor."""
+    return tensor.detach().cpu().numpy()
+
 
 @dataclass(frozen=True)
-class _ClipDetections:
+class CandidateMasks:
+    """The selected candidates of a clip, S in all: binary (S, h, w) bool ``sigmoid > 0.5``;
+    band_counts (S, bands) int32 host, True pixels per band of ``band_height`` rows; logits
+    (S, h, w) a copy of their mask logits, or None when the tracker keeps references instead."""
+
+    binary: Tensor
+    band_counts: np.ndarray
+    logits: Tensor | None
+
+
+@dataclass(frozen=True)
+class ClipDetections:
     """The detection stage of a clip of T frames (see ``VideoTracker._detect``). S candidates in
     all, frame by frame: frame t owns positions offsets[t]:offsets[t + 1], in descending score order.
 
-    queries (S,) query index; scores (S,) host best-class score; flat_rows (S,) row in the clip's
-    (T * Q) queries; keep (S,) survived mask NMS; masks (S, h, w) a copy of the candidates' mask
-    logits (None when the tracker keeps references instead); best_scores (T * Q,) every query's
-    best-class score (a tensor on the tracker's device). The D candidates that survived NMS, frame
-    by frame (frame t owns kept_offsets[t]:kept_offsets[t + 1]): kept_logits (D, K+1) and
-    kept_embeds (D, C), gathered once for the clip.
+    queries (S,) query index; can_start (S,) score above ``init_score_thr``; flat_rows (S,) row in
+    the clip's (T * Q) queries; keep (S,) survived mask NMS (all host arrays); masks (S, h, w) a copy
+    of the candidates' mask logits (None when the tracker keeps references instead); best_scores
+    (T * Q,) every query's best-class score (on the tracker's device). The D candidates that
+    survived NMS, frame by frame (frame t owns kept_offsets[t]:kept_offsets[t + 1]): kept_logits
+    (D, K+1) and kept_embeds (D, C), gathered once for the clip.
     """
 
     offsets: np.ndarray
     queries: np.ndarray
-    scores: np.ndarray
+    can_start: np.ndarray
     flat_rows: np.ndarray
     keep: np.ndarray
     masks: Tensor | None
@@ -33,10 +67,6 @@ class _ClipDetections:
     kept_offsets: np.ndarray
     kept_logits: Tensor
     kept_embeds: Tensor
-    kept_logits_host: np.ndarray | None      # numpy views of the two (CPU), else None
-    kept_embeds_host: np.ndarray | None
-
-
 
 
 def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
@@ -45,21 +75,13 @@ def binarize_mask_logits(mask_logits: Tensor) -> Tensor:
     ``x <= 0`` gives ``sigmoid(x) <= 0.5`` and ``x > 1e-4`` gives ``sigmoid(x) > 0.5`` in float32;
     only the rare logits in between are evaluated with the real sigmoid.
     """
-    array = _numpy_view(mask_logits)
-    if array is not None:
-        planes = array if array.ndim == 3 else array.reshape(1, 1, -1)
-        binary = np.empty(planes.shape, dtype=bool)
-        _binarize_host(planes, binary, np.empty(planes.shape, dtype=bool))
-        return torch.from_numpy(binary.reshape(array.shape))
-    ambiguous_logit = _ambiguous_logit(mask_logits.dtype)
     binary = mask_logits > 0
-    strict = mask_logits > ambiguous_logit
+    strict = mask_logits > ambiguous_logit(mask_logits.dtype)
+    # The strict test is a subset of the plain one: equal counts mean equal masks (almost always).
     if _count_true(binary) != _count_true(strict):
         ambiguous = binary & ~strict
         binary[ambiguous] = mask_logits[ambiguous].sigmoid() > 0.5
     return binary
-
-
 
 
 def _count_true(mask: Tensor) -> int:
@@ -67,55 +89,65 @@ def _count_true(mask: Tensor) -> int:
     return int(mask.view(torch.uint8).sum(dtype=accumulator))
 
 
-
-
 def band_height(height: int, width: int) -> int:
-    """Rows per band of :func:`_band_pixel_counts` for (h, w) masks: 4, 2 or 1 (it divides h, and a
-    band is fewer than 2048 pixels so its word sums fit the byte lanes)."""
+    """Rows per band of the per-band pixel counts for (h, w) masks: 4, 2 or 1 (it divides h, and a
+    band is fewer than 2048 pixels, which the CPU kernel's byte-lane sums rely on)."""
     for rows in (4, 2):
         if height % rows == 0 and rows * width < 2048:
             return rows
     return 1
 
 
-def _band_pixel_counts(binary: np.ndarray) -> np.ndarray:
-    """(n, h / g) int32 number of True pixels per band of g = ``band_height(h, w)`` mask rows of a
-    (n, h, w) bool array.
+class MaskPasses:
+    """The full-mask passes of the detection stage, in torch on any device (the reference path)."""
 
-    When a row is a whole number of 8-byte words (w % 8 == 0, C-contiguous), a band's words are
-    summed as uint64: byte lane k of the sum counts the pixels at positions = k mod 8 (at most
-    g * w / 8 < 256 each, so no lane carries into the next), and the band count is the sum of the
-    8 lanes, added in-register: adjacent byte lanes into four 16-bit lanes (each < 2^9), then those
-    four by one multiplication whose top 16 bits hold their sum (< 2^11, no carry out). Bands of 4
-    rows instead of single rows cost 2.5x less (measured) and bound mask intersections almost as
-    tightly (see clip_mask_nms_keep)."""
-    num, height, width = binary.shape
-    rows = band_height(height, width)
-    if width % 8 or rows * width >= 2048 or not binary.flags.c_contiguous:
-        counts = binary.view(np.uint8).sum(axis=2, dtype=np.int32)
-        return counts.reshape(num, height // rows, rows).sum(axis=2, dtype=np.int32) if rows > 1 else counts
-    lane_sums = binary.view(np.uint64).reshape(num, height // rows, rows * width // 8).sum(axis=2, dtype=np.uint64)
-    low_bytes = np.uint64(0x00FF00FF00FF00FF)
-    pairs = (lane_sums & low_bytes) + ((lane_sums >> np.uint64(8)) & low_bytes)
-    return ((pairs * np.uint64(0x0001000100010001)) >> np.uint64(48)).astype(np.int32)
+    def candidate_masks(self, pred_masks: Tensor, flat_rows: np.ndarray, offsets: np.ndarray,
+                        keep_copy: bool) -> CandidateMasks:
+        """The candidates' masks. pred_masks (T, Q, h, w) logits; flat_rows (S,) the candidates'
+        rows in the clip's (T * Q) queries, frame t owning offsets[t]:offsets[t + 1]; keep_copy:
+        also return their mask logits (the only copy of mask data the tracker makes)."""
+        num_frames, num_queries, height, width = pred_masks.shape
+        rows = torch.from_numpy(flat_rows).to(pred_masks.device)
+        logits = pred_masks.reshape(num_frames * num_queries, height, width).index_select(0, rows)
+        binary = binarize_mask_logits(logits)
+        return CandidateMasks(binary, self.band_counts(binary), logits if keep_copy else None)
+
+    def band_counts(self, binary: Tensor) -> np.ndarray:
+        """(n, h / g) int32 host: True pixels per band of g = ``band_height(h, w)`` rows of (n, h, w)."""
+        num, height, width = binary.shape
+        rows = band_height(height, width)
+        return to_host(binary.view(torch.uint8).reshape(num, height // rows, rows * width).sum(dim=2, dtype=torch.int32))
+
+    def intersections(self, binary: Tensor, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(p,) int64 pixel counts of ``binary[first] & binary[second]``."""
+        flat = binary.reshape(binary.shape[0], -1)
+        counts = np.zeros(first.size, dtype=np.int64)
+        for begin in range(0, first.size, INTERSECTION_PAIRS_PER_BATCH):
+            batch = slice(begin, begin + INTERSECTION_PAIRS_PER_BATCH)
+            index = torch.from_numpy(np.stack([first[batch], second[batch]])).to(binary.device)
+            counts[batch] = to_host(torch.count_nonzero(flat[index[0]] & flat[index[1]], dim=1))
+        return counts
 
 
-def mask_nms_keep(binary_masks: Tensor, nms_thr: float) -> np.ndarray:
+def mask_nms_keep(binary_masks: Tensor, nms_thr: float, passes: MaskPasses | None = None) -> np.ndarray:
     """Greedy mask NMS of score-sorted masks; returns a host bool keep vector (n,).
 
     binary_masks: (n, h, w) bool, sorted by descending score. Mask j is dropped when a kept mask
     i < j has IoU ``(inter + 1e-6) / (union + 1e-6) > nms_thr`` (the released float32 formula, so
     two empty masks have IoU 1). One frame of :func:`clip_mask_nms_keep`.
     """
-    return clip_mask_nms_keep(binary_masks, np.array([0, binary_masks.shape[0]]), nms_thr)
+    return clip_mask_nms_keep(binary_masks, np.array([0, binary_masks.shape[0]]), nms_thr, passes=passes)
 
 
-# Pairs whose exact intersection is counted by one gathered AND per batch (bounds the temporaries).
-_INTERSECTION_PAIRS_PER_BATCH = 256
+def _float32_iou(intersection: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """The released ``(inter + 1e-6) / (union + 1e-6)`` in float32 (what torch computes for integer
+    counts plus a Python float), from exact integer counts."""
+    eps = np.float32(1e-6)
+    return (intersection.astype(np.float32) + eps) / (union.astype(np.float32) + eps)
 
 
 def clip_mask_nms_keep(binary_masks: Tensor, offsets: np.ndarray, nms_thr: float,
-                       band_counts: np.ndarray | None = None) -> np.ndarray:
+                       band_counts: np.ndarray | None = None, passes: MaskPasses | None = None) -> np.ndarray:
     """Greedy mask NMS of several frames at once; returns a host bool keep vector (S,).
 
     binary_masks: (S, h, w) bool, the candidates of every frame; frame f owns rows
@@ -134,26 +166,18 @@ def clip_mask_nms_keep(binary_masks: Tensor, offsets: np.ndarray, nms_thr: float
       matmul of a frame's flattened masks when that frame has more such pairs than masks.
 
     The suppression itself is a sequential pass over the candidate positions, every frame at once.
-    ``band_counts``: the (S, bands) counts of :func:`_band_pixel_counts` when the caller has them.
+    ``band_counts``: the (S, bands) counts of ``passes.band_counts`` when the caller has them;
+    ``passes``: the full-mask passes to use (default the torch ones).
     """
+    passes = passes if passes is not None else MaskPasses()
     total = binary_masks.shape[0]
     offsets = np.asarray(offsets, dtype=np.int64)
     keep = np.ones(total, dtype=bool)
     counts = np.diff(offsets)
     if total <= 1 or counts.max() <= 1:
         return keep
-    # Per-band pixel counts are the only full pass: int32 sums of the bytes (a bool sum, or a uint8
-    # sum to int64, first converts the whole tensor; measured several times slower).
-    array = _numpy_view(binary_masks)
-    if band_counts is not None:
-        pass
-    elif array is not None:
-        band_counts = _band_pixel_counts(array)                                      # (S, bands)
-    else:
-        num, height, width = binary_masks.shape
-        rows = band_height(height, width)
-        band_counts = _host(binary_masks.view(torch.uint8).reshape(num, height // rows, rows * width)
-                            .sum(dim=2, dtype=torch.int32))
+    if band_counts is None:
+        band_counts = passes.band_counts(binary_masks)                               # (S, bands)
     area = band_counts.sum(axis=1, dtype=np.int64)                               # (S,) exact
     threshold = np.float32(nms_thr)
 
@@ -181,7 +205,7 @@ def clip_mask_nms_keep(binary_masks: Tensor, offsets: np.ndarray, nms_thr: float
     iou_bound = (inter_bound + 1e-6) / (area_sum - inter_bound + 1e-6)
     undecided = np.flatnonzero(~disjoint & (iou_bound > nms_thr - 1e-6))
     if undecided.size:
-        intersection = _pair_intersections(binary_masks, array, first[undecided], second[undecided],
+        intersection = _pair_intersections(binary_masks, passes, first[undecided], second[undecided],
                                            pair_frame[undecided], offsets)
         union = area_sum[undecided] - intersection
         overlapping[undecided] = _float32_iou(intersection, union) > threshold
@@ -199,48 +223,22 @@ def clip_mask_nms_keep(binary_masks: Tensor, offsets: np.ndarray, nms_thr: float
     return keep
 
 
-def _pair_intersections(binary_masks: Tensor, array: np.ndarray | None, first: np.ndarray, second: np.ndarray,
+def _pair_intersections(binary_masks: Tensor, passes: MaskPasses, first: np.ndarray, second: np.ndarray,
                         pair_frame: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """(p,) int64 exact pixel counts of ``mask[first] & mask[second]`` (masks of one frame per pair)."""
-    total = binary_masks.shape[0]
-    flat = binary_masks.reshape(total, -1)
     intersection = np.zeros(first.size, dtype=np.int64)
     pairs_per_frame = np.bincount(pair_frame, minlength=offsets.size - 1)
     # A frame with more such pairs than masks: one matmul of its flattened masks is cheaper.
     dense_frames = np.flatnonzero(pairs_per_frame > np.diff(offsets))
-    by_gather = ~np.isin(pair_frame, dense_frames)
+    flat = binary_masks.reshape(binary_masks.shape[0], -1)
     for frame in dense_frames.tolist():
         start, stop = int(offsets[frame]), int(offsets[frame + 1])
         in_frame = np.flatnonzero(pair_frame == frame)
         # 0/1 products summed in float32 are exact integers (up to 2^24 pixels per mask).
         flat_float = flat[start:stop].to(torch.float32)
-        products = _host((flat_float @ flat_float.T).round_().to(torch.long))
+        products = to_host((flat_float @ flat_float.T).round_().to(torch.long))
         intersection[in_frame] = products[first[in_frame] - start, second[in_frame] - start]
-    gathered = np.flatnonzero(by_gather)
-    for begin in range(0, gathered.size, _INTERSECTION_PAIRS_PER_BATCH):
-        batch = gathered[begin:begin + _INTERSECTION_PAIRS_PER_BATCH]
-        if array is not None:
-            flat_array = array.reshape(total, -1)
-            intersection[batch] = (np.take(flat_array, first[batch], axis=0)
-                                   & np.take(flat_array, second[batch], axis=0)).view(np.uint8).sum(
-                                       axis=1, dtype=np.int64)
-        else:
-            index = torch.from_numpy(np.stack([first[batch], second[batch]])).to(binary_masks.device)
-            intersection[batch] = _host(torch.count_nonzero(flat[index[0]] & flat[index[1]], dim=1))
+    gathered = np.flatnonzero(~np.isin(pair_frame, dense_frames))
+    if gathered.size:
+        intersection[gathered] = passes.intersections(binary_masks, first[gathered], second[gathered])
     return intersection
-
-
-def _binarize_host(logits: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """:func:`binarize_mask_logits` of a host (n, h, w) array into ``out`` (bool, same shape), using
-    ``scratch`` (bool, same shape) as working space: no allocation when nothing is ambiguous.
-    Returns the per-band pixel counts of the result (see :func:`_band_pixel_counts`; computed
-    while it is in cache)."""
-    np.greater(logits, 0, out=out)
-    band_counts = _band_pixel_counts(out)
-    np.greater(logits, _ambiguous_logit(torch.from_numpy(logits[:0]).dtype), out=scratch)
-    # The strict test is a subset of the plain one: equal counts mean equal masks (almost always).
-    if int(band_counts.sum(dtype=np.int64)) != np.count_nonzero(scratch):
-        ambiguous = out & ~scratch
-        out[ambiguous] = (torch.from_numpy(logits[ambiguous]).sigmoid() > 0.5).numpy()
-        band_counts = _band_pixel_counts(out)
-    return band_counts

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import TrackerConfig
-from .host import _exact_math_view, _gather_rows, _numpy_view
+
 
 def _temporal_weights(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``torch.range(0, 1, 1/length)[1:]`` of the released code: (1/length, 2/length, ..., 1)."""
@@ -46,7 +46,6 @@ class _MemoryBank:
         channels = {"similarity_guided": embed_dim, "temporally_weighted": embed_dim + 1}.get(config.embed_type, 0)
         self.cache = torch.zeros(capacity, config.max_cache, channels, dtype=dtype, device=device)  # (S, L, c)
         self.fused_embeds = torch.zeros(capacity, embed_dim, dtype=dtype, device=device)            # (S, C)
-        self._refresh_host_views()
         if config.embed_type == "temporally_weighted":
             # (L+1, L): right-aligned temporal weights of a cache holding c entries, row c.
             self.temporal_table = torch.zeros(config.max_cache + 1, config.max_cache, dtype=dtype, device=device)
@@ -65,12 +64,6 @@ class _MemoryBank:
         """(n,) ring position the next similarity_guided entry goes to (the oldest, or an empty one)."""
         return self.exist_frames[slots] % self.config.max_cache
 
-    def _refresh_host_views(self) -> None:
-        """Numpy views of the slot tensors (CPU float32/float64, else None), made once per growth
-        rather than per frame."""
-        self.fused_host = _exact_math_view(self.fused_embeds)
-        self.cache_host = _numpy_view(self.cache)
-
     @property
     def ids(self) -> np.ndarray:
         """(M,) tracklet ids in insertion order."""
@@ -81,11 +74,9 @@ class _MemoryBank:
 
     def matching_embeds(self) -> Tensor:
         """(M, C) the embedding each tracklet is matched with, in insertion order."""
-        if self.config.embed_type != "temporally_weighted":
-            if self.fused_host is not None:
-                return torch.from_numpy(np.take(self.fused_host, self.order, axis=0))
-            return _gather_rows(self.fused_embeds, self.order)
         order = torch.from_numpy(self.order).to(self.fused_embeds.device)
+        if self.config.embed_type != "temporally_weighted":
+            return self.fused_embeds.index_select(0, order)
         # weights = cached scores + (1/c, ..., 1) over the c cached frames; zero in empty positions
         # (their score and temporal weight are both 0), so no mask is needed.
         rows = self.cache.index_select(0, order)                                       # (M, L, C+1)
@@ -108,14 +99,9 @@ class _MemoryBank:
                 setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, dtype=np.int64)]))
             self.cache = torch.cat([self.cache, self.cache.new_zeros(extra, *self.cache.shape[1:])])
             self.fused_embeds = torch.cat([self.fused_embeds, self.fused_embeds.new_zeros(extra, self.embed_dim)])
-            self._refresh_host_views()
         slots = np.concatenate([np.array(reused, dtype=np.int64), fresh])
         if reused and self.cache.shape[2]:
-            cache_host = _numpy_view(self.cache)
-            if cache_host is not None:
-                cache_host[reused] = 0
-            else:
-                self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
+            self.cache.index_fill_(0, torch.tensor(reused, device=self.cache.device), 0)
         self.slot_ids[slots] = track_ids
         self.exist_frames[slots] = 0
         largest = int(track_ids.max()) + 1
@@ -132,62 +118,29 @@ class _MemoryBank:
         in increasing order); scores: (n,) (read by temporally_weighted only); embeds: (n, C)."""
         if track_ids.size == 0:
             return
-        config = self.config
         known = track_ids < self.slot_of_id.size
         slots = np.full(track_ids.size, -1, dtype=np.int64)
         slots[known] = self.slot_of_id[track_ids[known]]
         new = slots < 0
         if new.any():
             slots[new] = self._allocate(track_ids[new])
-        fused_host, embeds_host = self.fused_host, _exact_math_view(embeds)
-        if config.embed_type != "temporally_weighted" and fused_host is not None and embeds_host is not None:
-            self._update_host(slots, new, embeds, embeds_host, fused_host)
-        else:
-            self._update_torch(slots, new, scores, embeds)
+        self._update_embeddings(slots, new, scores, embeds)
         self.exist_frames[slots] += 1
         self.last_frame[slots] = frame_index
 
-    def _update_host(self, slots: np.ndarray, first_time: np.ndarray, embeds: Tensor, embeds_host: np.ndarray,
-                     fused_host: np.ndarray) -> None:
-        """``_update_torch`` on CPU float32/float64 state, with the gathers, scatters, dot products
-        and elementwise arithmetic on numpy views of the slots (in place); the norm stays a torch
-        call (F.normalize's values). Saves ~15 torch dispatches per frame.
-
-        The batched dot products are numpy's (a torch bmm costs 40-70 us here for 64K
-        multiply-adds). Any batched product may differ from the released per-tracklet einsum in
-        the last bit of the mean cosine (so does torch.bmm: measured up to 9e-8); it only scales
-        the fusion weight."""
-        config = self.config
-        if config.embed_type == "similarity_guided":
-            cache_host = self.cache_host
-            # F.normalize: x / max(||x||, 1e-12).
-            norms = torch.linalg.vector_norm(embeds, dim=1, keepdim=True).numpy()
-            unit = embeds_host / np.maximum(norms, np.asarray(1e-12, dtype=norms.dtype))
-            # Mean cosine with the cached (earlier) entries; empty positions hold zeros.
-            similarity = np.matmul(cache_host[slots], unit[:, :, None])[:, :, 0].sum(axis=1)     # (n,)
-            similarity = similarity / self.cache_length(slots).clip(min=1).astype(similarity.dtype)
-            beta = np.where(similarity > 0, similarity, 0).astype(similarity.dtype)[:, None]
-            fused = (1 - beta) * fused_host[slots] + beta * embeds_host
-            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
-            cache_host[slots, self.cache_position(slots)] = unit
-        elif config.embed_type == "momentum":
-            fused = (1 - config.momentum) * fused_host[slots] + config.momentum * embeds_host
-            fused_host[slots] = np.where(first_time[:, None], embeds_host, fused)
-        else:  # last
-            fused_host[slots] = embeds_host
-
-    def _update_torch(self, slots: np.ndarray, new: np.ndarray, scores: Tensor | None, embeds: Tensor) -> None:
+    def _update_embeddings(self, slots: np.ndarray, new: np.ndarray, scores: Tensor | None, embeds: Tensor) -> None:
+        """Fuse the new embeddings into the slots' matching embeddings and append them to the caches,
+        for every matched tracklet at once (the released code loops over tracklets)."""
         config = self.config
         device = embeds.device
         slots_t = torch.from_numpy(slots).to(device)
         first_time = torch.from_numpy(new).to(device)[:, None]
 
-        cache_rows = self.cache.index_select(0, slots_t) if self.cache.shape[2] else None   # (n, L, c)
         if config.embed_type == "similarity_guided":
             # beta = max(0, mean cosine(new, cached previous embeds)); fused = (1-beta)*fused + beta*new.
             # Empty cache positions hold zeros: their cosine is 0 and adds nothing to the sum.
             unit = F.normalize(embeds, dim=-1)
-            cos = torch.einsum("nlc,nc->nl", cache_rows, unit)
+            cos = torch.bmm(self.cache.index_select(0, slots_t), unit[:, :, None])[:, :, 0]   # (n, L)
             count = torch.from_numpy(self.cache_length(slots).clip(min=1)).to(device)
             similarity = cos.sum(1) / count
             beta = torch.where(similarity > 0, similarity, torch.zeros((), dtype=cos.dtype, device=device))[:, None]
@@ -195,17 +148,14 @@ class _MemoryBank:
             self.fused_embeds.index_copy_(0, slots_t, torch.where(first_time, embeds, fused))
             # Ring cache: the new entry overwrites the oldest.
             self.cache[slots_t, torch.from_numpy(self.cache_position(slots)).to(device)] = unit
-            return
         elif config.embed_type == "momentum":
             fused = (1 - config.momentum) * self.fused_embeds.index_select(0, slots_t) + config.momentum * embeds
             self.fused_embeds.index_copy_(0, slots_t, torch.where(first_time, embeds, fused))
         elif config.embed_type == "last":
             self.fused_embeds.index_copy_(0, slots_t, embeds)
-        else:  # temporally_weighted
-            entry = torch.cat([embeds, scores.to(embeds.dtype)[:, None]], dim=1)
-
-        if cache_rows is not None:
-            # Append to the right-aligned caches (temporally_weighted); the oldest position falls off.
+        else:  # temporally_weighted: append to the right-aligned caches; the oldest entry falls off.
+            entry = torch.cat([embeds, scores.to(embeds.dtype)[:, None]], dim=1)               # (n, C+1)
+            cache_rows = self.cache.index_select(0, slots_t)                                  # (n, L, C+1)
             self.cache.index_copy_(0, slots_t, torch.cat([cache_rows[:, 1:], entry[:, None]], dim=1))
 
     def drop_dead(self, frame_index: int) -> None:

@@ -11,17 +11,13 @@ tracklets, N output tracks.
 Where the work goes (and why it is fast):
 
 * the detection stage (score sort, select threshold, mask NMS) does not depend on the tracks, so
-  it runs for a clip of frames at once: only the selected detections' masks are read (one gather
-  per frame, into reused buffers: on this kind of machine writing into fresh pages costs more than
-  the copy), binarised and counted per band of rows; the pairwise mask IoU is exact from the areas
-  for pairs sharing no band, bounded for the rest, and an integer intersection is computed only for
-  the few pairs the bound cannot settle. On CPU these full-mask passes run on numpy views (see
-  ``_numpy_view``);
+  it runs for a clip of frames at once: only the selected detections' masks are read, binarised
+  and counted per band of rows; the pairwise mask IoU is exact from the areas for pairs sharing no
+  band, bounded for the rest, and an integer intersection is computed only for the few pairs the
+  bound cannot settle. These full-mask passes are the one place a CPU kernel replaces the torch
+  path (``cpu_kernel.mask_passes_for``);
 * the bi-softmax / cosine match matrix and the memory-bank update of all matched tracklets are
-  a few batched ops on the state's device; the bank lives in preallocated slots. On CPU (float32 /
-  float64) the exact numpy work (sorting distinct scores, gathers, scatters, elementwise
-  arithmetic) runs on numpy views, and the ops whose rounding the released code fixes (softmax,
-  the match matrix product, norms) stay torch calls;
+  a few batched torch ops on the state's device; the bank lives in preallocated slots;
 * the inherently sequential decisions (greedy NMS, greedy matching in score order) run on small
   host copies; NMS settles position i of every frame of a clip at once; greedy matching takes
   each row's first choice unless a taken column makes it look again;
@@ -48,9 +44,10 @@ from torch import Tensor
 
 from .association import greedy_match, hungarian_match
 from .config import BELOW_SELECT_THR, REMOVED_BY_NMS, TrackerConfig
-from .detection import _ClipDetections, _binarize_host, band_height, binarize_mask_logits, clip_mask_nms_keep
-from .host import _exact_math_view, _gather_rows, _host, _host_threshold, _numpy_view
+from .cpu_kernel import mask_passes_for
+from .detection import ClipDetections, MaskPasses, clip_mask_nms_keep, to_host
 from .memory_bank import _MemoryBank
+
 
 @dataclass(frozen=True)
 class FrameTrackResult:
@@ -189,8 +186,8 @@ class VideoTracker:
                  mask_storage_device: torch.device | str | None = None, copy_masks: bool = True):
         self.config = config
         self.copy_masks = copy_masks
-        # Reused host buffers of the detection stage (see _candidate_masks).
-        self._host_buffers: dict[str, np.ndarray] = {}
+        # The detection stage's full-mask passes, chosen for the first clip's device and dtype.
+        self._mask_passes: MaskPasses | None = None
         self.device = torch.device(device) if device is not None else None
         self.mask_storage_device = torch.device(mask_storage_device) if mask_storage_device is not None else None
         self._memory: _MemoryBank | None = None
@@ -199,8 +196,7 @@ class VideoTracker:
         self._finalized = False
         self._mask_shape: tuple[int, int] | None = None
         self._num_logits: int | None = None  # K+1, from the first frame
-        # Host thresholds, rounded to the score dtype like torch's tensor-vs-scalar comparison.
-        self._select_thr = self._init_thr = None
+        self._mask_dtype: torch.dtype | None = None
         # Tracks recorded per frame (ids in score order) with their logits and masks.
         self._frame_ids: list[np.ndarray] = []
         self._frame_logits: list[Tensor] = []
@@ -250,6 +246,8 @@ class VideoTracker:
         if pred_embeds.dim() != 3 or pred_embeds.shape[:2] != (num_frames, num_queries):
             raise ValueError(f"{where}: pred_embeds must be (Q={num_queries}, C) per frame, "
                              f"got {tuple(pred_embeds.shape[1:])}")
+        if self._mask_dtype is not None and pred_masks.dtype != self._mask_dtype:
+            raise ValueError(f"{where}: mask dtype {pred_masks.dtype} differs from the first frame's {self._mask_dtype}")
         if self._mask_shape is not None and tuple(pred_masks.shape[2:]) != self._mask_shape:
             raise ValueError(f"{where}: mask size {tuple(pred_masks.shape[2:])} differs from the "
                              f"first frame's {self._mask_shape}")
@@ -289,11 +287,10 @@ class VideoTracker:
         if self._memory is None:
             self._memory = _MemoryBank(self.config, pred_embeds.shape[2], pred_embeds.dtype, self.device)
             self._mask_shape = tuple(pred_masks.shape[2:])
+            self._mask_dtype = pred_masks.dtype
+            self._mask_passes = mask_passes_for(pred_masks)
         # Softmax is computed row by row: the (T, Q, K+1) call gives each frame's values bit for bit.
         probs = pred_logits.softmax(dim=-1)
-        if self._select_thr is None:
-            self._select_thr = _host_threshold(self.config.inference_select_thr, probs.dtype)
-            self._init_thr = _host_threshold(self.config.init_score_thr, probs.dtype)
         num_frames = pred_logits.shape[0]
         results: list[FrameTrackResult] = []
         # The detection stage runs over up to detection_frames frames at a time (bounds its buffers).
@@ -306,7 +303,7 @@ class VideoTracker:
             self._store_clip_masks(detections, first_stored)
         return results
 
-    def _detect(self, probs: Tensor, pred_masks: Tensor, pred_logits: Tensor, pred_embeds: Tensor) -> _ClipDetections:
+    def _detect(self, probs: Tensor, pred_masks: Tensor, pred_logits: Tensor, pred_embeds: Tensor) -> ClipDetections:
         """Steps 1-2 of the released tracker for T frames at once: sort each frame's queries by their
         best class score, keep those above the select threshold (a prefix of the sorted order) or the
         top one when none passes, and run mask NMS over the kept ones (their masks only).
@@ -314,87 +311,27 @@ class VideoTracker:
         pred_embeds (T, Q, C). Reads no tracking state."""
         config = self.config
         num_frames, num_queries = probs.shape[:2]
-        probs_host = _numpy_view(probs)
-        if probs_host is not None:
-            # max is exact in numpy; a stable sort gives torch's order whenever a frame's scores are
-            # all distinct (the only case where every sort agrees). Frames with ties or NaN go to
-            # torch.sort, whose CPU order among equal keys is not the stable one.
-            max_host = probs_host[:, :, :-1].max(axis=2)                                     # (T, Q)
-            order = np.argsort(-max_host, axis=1, kind="stable")
-            sorted_host = np.take_along_axis(max_host, order, axis=1)
-            for frame in np.flatnonzero(~np.all(sorted_host[:, :-1] > sorted_host[:, 1:], axis=1)).tolist():
-                sorted_scores, frame_order = torch.sort(torch.from_numpy(max_host[frame]), dim=0, descending=True)
-                order[frame], sorted_host[frame] = frame_order.numpy(), sorted_scores.numpy()
-            best_scores = torch.from_numpy(max_host)
-        else:
-            best_scores = probs[:, :, :-1].max(dim=2).values                                   # (T, Q)
-            sorted_scores, order_t = torch.sort(best_scores, dim=1, descending=True)
-            order = _host(order_t)
-            sorted_host = _host(sorted_scores if sorted_scores.dtype == torch.float64 else sorted_scores.float())
-        # float16 (numpy) / bfloat16 (torch only) scores are compared in float32, exactly.
-        if sorted_host.dtype not in (np.float32, np.float64):
-            sorted_host = sorted_host.astype(np.float32)
-        num_selected = np.maximum(1, np.count_nonzero(sorted_host > self._select_thr, axis=1))
-        selected = np.arange(num_queries)[None, :] < num_selected[:, None]                   # (T, Q)
+        best_scores = probs[:, :, :-1].max(dim=2).values                                       # (T, Q)
+        sorted_scores, order = torch.sort(best_scores, dim=1, descending=True)
+        order = to_host(order)
+        num_selected = to_host((sorted_scores > config.inference_select_thr).sum(dim=1)).clip(min=1)   # (T,)
+        can_start = to_host(sorted_scores > config.init_score_thr)                               # (T, Q)
+        selected = np.arange(num_queries)[None, :] < num_selected[:, None]                      # (T, Q)
         offsets = np.concatenate([[0], np.cumsum(num_selected)])
-        queries = order[selected]                                                            # (S,) frame-major
-        flat_rows = (np.arange(num_frames)[:, None] * num_queries + order)[selected]
-        binary, band_counts, masks = self._candidate_masks(pred_masks, order, num_selected, offsets, flat_rows)
-        keep = clip_mask_nms_keep(binary, offsets, config.mask_nms_thr, band_counts)
+        flat_rows = (np.arange(num_frames)[:, None] * num_queries + order)[selected]            # (S,) frame-major
+        candidates = self._mask_passes.candidate_masks(pred_masks, flat_rows, offsets, self.copy_masks)
+        keep = clip_mask_nms_keep(candidates.binary, offsets, config.mask_nms_thr, candidates.band_counts,
+                                  self._mask_passes)
         # The survivors' logits and embeddings, in one gather each for the clip.
-        kept_rows = flat_rows[keep]
+        kept_rows = torch.from_numpy(flat_rows[keep]).to(pred_logits.device)
         kept_offsets = np.concatenate([[0], np.cumsum(np.add.reduceat(keep, offsets[:-1]))])
-        kept_logits = _gather_rows(pred_logits.reshape(num_frames * num_queries, -1), kept_rows)
-        kept_embeds = _gather_rows(pred_embeds.reshape(num_frames * num_queries, -1), kept_rows)
-        return _ClipDetections(offsets=offsets, queries=queries,
-                               scores=sorted_host[selected], flat_rows=flat_rows, keep=keep, masks=masks,
-                               best_scores=best_scores.reshape(-1), kept_offsets=kept_offsets,
-                               kept_logits=kept_logits, kept_embeds=kept_embeds,
-                               kept_logits_host=_numpy_view(kept_logits), kept_embeds_host=_numpy_view(kept_embeds))
+        return ClipDetections(offsets=offsets, queries=order[selected], can_start=can_start[selected],
+                              flat_rows=flat_rows, keep=keep, masks=candidates.logits,
+                              best_scores=best_scores.reshape(-1), kept_offsets=kept_offsets,
+                              kept_logits=pred_logits.reshape(num_frames * num_queries, -1).index_select(0, kept_rows),
+                              kept_embeds=pred_embeds.reshape(num_frames * num_queries, -1).index_select(0, kept_rows))
 
-    def _candidate_masks(self, pred_masks: Tensor, order: np.ndarray, num_selected: np.ndarray,
-                         offsets: np.ndarray, flat_rows: np.ndarray) -> tuple[Tensor, np.ndarray | None, Tensor | None]:
-        """The clip's candidates' binary masks (S, h, w), their per-band pixel counts (CPU only,
-        else None) and, when the tracker keeps copies, their mask logits (S, h, w): the only
-        copy of mask data the tracker makes.
-
-        On CPU the work runs frame by frame on numpy views so that each frame's masks are read once
-        from memory and then worked on in cache, and into buffers reused across clips: on this kind
-        of machine, writing into freshly allocated pages costs several times the copy itself
-        (measured 2.0 ms vs 0.18 ms per frame for 3 MB of masks). The kept copies go to one
-        allocation per clip (large enough for the allocator to back it with huge pages)."""
-        num_frames, num_queries = pred_masks.shape[:2]
-        total = int(offsets[-1])
-        frames_host = _numpy_view(pred_masks)
-        if frames_host is None:
-            masks = _gather_rows(pred_masks.reshape(num_frames * num_queries, *pred_masks.shape[2:]), flat_rows)
-            return binarize_mask_logits(masks), None, (masks if self.copy_masks else None)
-        mask_shape = pred_masks.shape[2:]
-        binary = self._buffer("binary", (total, *mask_shape), np.bool_)
-        band_counts = np.empty((total, mask_shape[0] // band_height(*mask_shape)), dtype=np.int32)
-        strict = self._buffer("strict", (int(num_selected.max()), *mask_shape), np.bool_)
-        if self.copy_masks:
-            masks_host = np.empty((total, *mask_shape), dtype=frames_host.dtype)
-        else:
-            logits = self._buffer("logits", (int(num_selected.max()), *mask_shape), frames_host.dtype)
-        for frame in range(num_frames):
-            start, count = int(offsets[frame]), int(num_selected[frame])
-            out = masks_host[start:start + count] if self.copy_masks else logits[:count]
-            # mode="clip": numpy buffers take(out=...) in the default mode (the indices are valid).
-            np.take(frames_host[frame], order[frame, :count], axis=0, out=out, mode="clip")
-            band_counts[start:start + count] = _binarize_host(out, binary[start:start + count], strict[:count])
-        return torch.from_numpy(binary), band_counts, (torch.from_numpy(masks_host) if self.copy_masks else None)
-
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """A reused host buffer of at least ``shape`` (its contents are stale)."""
-        size = int(np.prod(shape))
-        buffer = self._host_buffers.get(name)
-        if buffer is None or buffer.size < size or buffer.dtype != dtype:
-            buffer = np.empty(max(size, 2 * buffer.size if buffer is not None else 0), dtype=dtype)
-            self._host_buffers[name] = buffer
-        return buffer[:size].reshape(shape)
-
-    def _associate(self, detections: _ClipDetections, frame: int, pred_masks: Tensor) -> FrameTrackResult:
+    def _associate(self, detections: ClipDetections, frame: int, pred_masks: Tensor) -> FrameTrackResult:
         """Steps 3-4 of the released tracker for one frame of a clip: match the kept detections with
         the memory bank, start new tracklets, update the bank and the video bookkeeping."""
         config = self.config
@@ -403,7 +340,7 @@ class VideoTracker:
         kept_pos = np.flatnonzero(detections.keep[start:stop])
         selected_queries = detections.queries[start:stop]
         kept_queries = selected_queries[kept_pos]
-        kept_scores = detections.scores[start:stop][kept_pos]
+        can_start = detections.can_start[start:stop][kept_pos]
         kept_start, kept_stop = int(detections.kept_offsets[frame]), int(detections.kept_offsets[frame + 1])
         kept_embeds = detections.kept_embeds[kept_start:kept_stop]
 
@@ -415,7 +352,7 @@ class VideoTracker:
         # A never-started tracker only initialises; afterwards unmatched confident detections start
         # new tracklets. (The released code crashes when every tracklet has died; here the empty
         # bank simply matches nothing.)
-        new = (track_ids == -1) & (kept_scores > self._init_thr)
+        new = (track_ids == -1) & can_start
         num_new = int(np.count_nonzero(new))
         track_ids[new] = np.arange(self._next_id, self._next_id + num_new)
         self._next_id += num_new
@@ -424,17 +361,14 @@ class VideoTracker:
         ids = track_ids[has_id]
         tracked_pos = kept_pos[has_id]
         tracked_queries = kept_queries[has_id]
-        tracked = np.flatnonzero(has_id)                     # among the frame's kept detections
+        device = kept_embeds.device
+        tracked = torch.from_numpy(np.flatnonzero(has_id)).to(device)   # among the frame's kept detections
         bank_scores = None
         if config.embed_type == "temporally_weighted":
-            rows = torch.from_numpy(detections.flat_rows[start + tracked_pos]).to(detections.best_scores.device)
+            rows = torch.from_numpy(detections.flat_rows[start + tracked_pos]).to(device)
             bank_scores = detections.best_scores.index_select(0, rows)
-        if detections.kept_embeds_host is not None:
-            tracked_embeds = torch.from_numpy(np.take(detections.kept_embeds_host[kept_start:kept_stop], tracked, axis=0))
-            tracked_logits = torch.from_numpy(np.take(detections.kept_logits_host[kept_start:kept_stop], tracked, axis=0))
-        else:
-            tracked_embeds = _gather_rows(kept_embeds, tracked)
-            tracked_logits = _gather_rows(detections.kept_logits[kept_start:kept_stop], tracked)
+        tracked_embeds = kept_embeds.index_select(0, tracked)
+        tracked_logits = detections.kept_logits[kept_start:kept_stop].index_select(0, tracked)
         self._memory.update(ids, bank_scores, tracked_embeds, frame_index)
         self._memory.drop_dead(frame_index)
 
@@ -463,7 +397,7 @@ class VideoTracker:
             live_ids=self.live_ids(),
         )
 
-    def _store_clip_masks(self, detections: _ClipDetections, first_stored: int) -> None:
+    def _store_clip_masks(self, detections: ClipDetections, first_stored: int) -> None:
         """Keep the clip's tracked masks until the end of the video.
 
         The frames' entries are views of the clip's candidate tensor (already a copy of the
@@ -481,7 +415,7 @@ class VideoTracker:
             return
         if compact:
             flat = np.concatenate([detections.offsets[frame] + frame_rows for frame, frame_rows in enumerate(rows)])
-            stored = _gather_rows(candidates, flat).to(self.mask_storage_device)
+            stored = candidates.index_select(0, torch.from_numpy(flat).to(candidates.device)).to(self.mask_storage_device)
             offsets = np.concatenate([[0], np.cumsum([frame_rows.size for frame_rows in rows])])
             for frame, frame_rows in enumerate(rows):
                 self._frame_masks[first_stored + frame] = stored[int(offsets[frame]):int(offsets[frame + 1])]
@@ -498,14 +432,10 @@ class VideoTracker:
         memory_embeds = self._memory.matching_embeds()
         if config.match_metric == "bisoftmax":
             similarity = torch.mm(embeds, memory_embeds.t())
-            by_row, by_column = similarity.softmax(dim=1), similarity.softmax(dim=0)
-            by_row_host, by_column_host = _exact_math_view(by_row), _exact_math_view(by_column)
-            if by_row_host is not None:
-                return self._assign((by_row_host + by_column_host) / 2)
-            match_scores = (by_row + by_column) / 2
+            match_scores = (similarity.softmax(dim=1) + similarity.softmax(dim=0)) / 2
         else:
             match_scores = torch.mm(F.normalize(embeds, p=2, dim=1), F.normalize(memory_embeds, p=2, dim=1).t())
-        return self._assign(_host(match_scores.float()))
+        return self._assign(to_host(match_scores.float()))
 
     def _assign(self, match_scores: np.ndarray) -> np.ndarray:
         config = self.config

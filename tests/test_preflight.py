@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_experiment
+from pipelines.train.job import prepare
 from pipelines.train.preflight import PreflightError, check_static, resolve_paths
 from tests import services
 from tests.conftest import PROJECT_ROOT
@@ -147,6 +148,30 @@ def test_relative_paths_become_absolute_and_missing_shards_are_named(local_shard
     elsewhere = resolve_paths(experiment, base=str(tmp_path))
     with pytest.raises(PreflightError, match=str(tmp_path / "data/shards/train")):
         check_static(_shards_only(elsewhere))
+
+
+def test_number_of_classes_follows_the_training_data(tmp_path):
+    """A custom split with 5 categories trains a 5-class model from a preset made for 3, with a line
+    saying so; a validation split with another category table is refused before anything starts."""
+    from models.model import build_model
+
+    train, val = make_synthetic_shards(str(tmp_path / "five"), num_classes=5)
+    experiment = _shards_only(load_experiment(TINY, [f"data.train.0.shards={train}", f"data.val.shards={val}",
+                                                     f"storage.runs_root={tmp_path / 'runs'}"]))
+    assert experiment.model.network.num_classes == 3          # the preset's default
+    lines: list[str] = []
+    prepared = prepare(experiment, lines.append)
+    assert prepared.model.network.num_classes == 5
+    assert len(lines) == 1 and "model.network.num_classes 3 -> 5" in lines[0] and "5 categories" in lines[0]
+    assert build_model(prepared.model).network.decoder.class_head.out_features == 6   # K + no-object
+    assert prepared.config_hash() != experiment.config_hash()
+    again: list[str] = []
+    assert prepare(prepared, again.append) == prepared and not again   # already derived: nothing to say
+
+    _, other_val = make_synthetic_shards(str(tmp_path / "four"), num_classes=4)
+    mixed = load_experiment(TINY, [f"data.train.0.shards={train}", f"data.val.shards={other_val}"])
+    with pytest.raises(PreflightError, match=r"data.val \(synth_val\) has another category table than data.train"):
+        prepare(_shards_only(mixed), lines.append)
 
 
 def _shards_only(experiment):

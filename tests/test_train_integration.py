@@ -36,12 +36,12 @@ def tiny_overrides(train_shards: str, val_shards: str, runs_root: str, tracking_
     ]
 
 
-def make_synthetic_shards(root: str) -> tuple[str, str]:
+def make_synthetic_shards(root: str, num_classes: int = 3) -> tuple[str, str]:
     """Synthetic train/val splits written under `root` and ingested into shards there."""
     out = []
     for split, seed, videos in (("train", 11, 4), ("val", 12, 2)):
         raw = synth.generate(f"{root}/raw/{split}", synth.SynthConfig(
-            num_videos=videos, min_frames=4, max_frames=6, height=64, width=64, num_classes=3, seed=seed,
+            num_videos=videos, min_frames=4, max_frames=6, height=64, width=64, num_classes=num_classes, seed=seed,
             start_video_id=1 + 100 * seed))
         info = catalog.resolve_split(f"synth_{split}", annotations=raw["annotations"], frames_root=raw["frames_root"])
         ingest(info, f"{root}/shards/{split}", IngestOptions(executor="local"))

@@ -29,6 +29,7 @@ from pipelines.train.preflight import (
     check_static,
     config_changes,
     resolve_paths,
+    with_dataset_classes,
 )
 
 # the curves of the loss plot (the per-family sums over decoder layers, the re-id terms, the total)
@@ -207,15 +208,15 @@ def _register(experiment: Any, mlflow_run: Any, val_metrics: dict[str, float], f
     return mlflow_run.register_model(name, "model", description=description, tags=tags)
 
 
-def prepare(experiment: Any) -> Any:
+def prepare(experiment: Any, log: Callable[[str], None] = print) -> Any:
     """The checks that need no Ray: absolute local paths, run storage that survives a job, shards,
-    batch divisibility (see `pipelines.train.preflight`). Returns the experiment with absolute paths."""
+    batch divisibility (see `pipelines.train.preflight`). Returns the experiment with absolute paths
+    and the number of classes of its training data."""
     from pipelines.ray_runtime import in_ray_job
 
     storage.configure_s3(storage.S3Options.from_config(experiment.storage.s3))
     experiment = resolve_paths(experiment, in_job=in_ray_job())
-    check_static(experiment)
-    return experiment
+    return with_dataset_classes(experiment, check_static(experiment), log)
 
 
 def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None,
@@ -231,7 +232,7 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     from pipelines.train.visualize import loss_curve_plot
 
     started = time.time()
-    experiment = prepare(experiment)
+    experiment = prepare(experiment, log)
     runs_root = experiment.storage.runs_root
     run_name = experiment.train.run_name or experiment.name
     # models:/ URIs resolve against the run's registry (pipelines.mlflow_runs.resolve_tracking_uri)

@@ -8,7 +8,9 @@ that names the key or file and what to change:
    the workers run elsewhere (another directory, another node). Under a `ray job submit` job the
    working directory is the job's temporary copy of the repository, so a relative ``runs_root`` or
    the default ``./mlruns`` store would be lost with it: an error.
-2. `check_static`: batch divisibility, ingested shards for every split, validation settings.
+2. `check_static`: batch divisibility, ingested shards for every split (one category table for
+   training and validation), validation settings; `with_dataset_classes` then sets the network's
+   number of classes from that table (a custom split needs no model key for it).
 3. `check_cluster`: the workers and their clip decoders fit the cluster; local run storage on a
    multi-node cluster is flagged.
 4. `check_init_weights`: the initial weights open safely and fit the model (registry URIs pinned).
@@ -77,17 +79,18 @@ def resolve_paths(experiment: Any, base: Optional[str] = None, in_job: bool = Fa
     return dataclasses.replace(experiment, platform=platform)
 
 
-def check_static(experiment: Any) -> None:
-    """What makes every worker fail, found without Ray: batch divisibility, shards, validation."""
+def check_static(experiment: Any) -> list[Any]:
+    """What makes every worker fail, found without Ray: batch divisibility, shards, validation.
+    Returns the training splits' manifests."""
     from pipelines.data.pipeline import load_train_manifests
-    from pipelines.data.shards import MANIFEST_NAME
+    from pipelines.data.shards import MANIFEST_NAME, load_manifest
 
     workers = experiment.compute.num_workers
     if experiment.train.batch_size % workers:
         raise PreflightError(f"{experiment.source}: train.batch_size {experiment.train.batch_size} must be a multiple "
                              f"of compute.num_workers {workers} (the batch is counted in clips across all workers)")
     try:
-        load_train_manifests(experiment.data.train)  # every training split needs ingested shards
+        manifests = load_train_manifests(experiment.data.train)  # every training split needs ingested shards
     except (ValueError, FileNotFoundError, storage.StorageError) as error:
         raise PreflightError(str(error)) from None
     val = experiment.data.val
@@ -99,11 +102,41 @@ def check_static(experiment: Any) -> None:
             if not storage.exists(storage.join(val.shards, MANIFEST_NAME)):
                 raise PreflightError(f"{experiment.source}: data.val.shards={storage.redact(val.shards)}: no ingested "
                                      "split there (manifest.json missing): run `ctvis data ingest` first")
-        except storage.StorageError as error:
+            val_categories = load_manifest(val.shards).categories
+        except (ValueError, storage.StorageError) as error:
             raise PreflightError(f"{experiment.source}: data.val.shards: {error}") from None
+        if val_categories != manifests[0].categories:
+            raise PreflightError(
+                f"{experiment.source}: data.val ({val.name}) has another category table than data.train "
+                f"({experiment.data.train[0].name}): {_category_summary(val_categories)} vs "
+                f"{_category_summary(manifests[0].categories)}; the model's labels are the training split's, so "
+                f"validate on a split of the same dataset")
     if val is not None and experiment.eval.benchmark not in ("ytvis", "ovis"):
         raise PreflightError(f"{experiment.source}: eval.benchmark {experiment.eval.benchmark!r}: validation during "
                              "training supports ytvis and ovis")
+
+
+    return manifests
+
+
+def _category_summary(categories: Any) -> str:
+    names = ", ".join(f"{c.id}:{c.name}" for c in categories[:4])
+    return f"{len(categories)} categories ({names}{', ...' if len(categories) > 4 else ''})"
+
+
+def with_dataset_classes(experiment: Any, manifests: list[Any], log: Callable[[str], None]) -> Any:
+    """The experiment with ``model.network.num_classes`` = the number of categories of the training
+    data (the presets' value is only the default of their dataset), said in a log line when it
+    changes. Everything sized by it (the class head, the criterion's no-object weight, the top-k
+    of inference by default) follows from the model config."""
+    num_classes = len(manifests[0].categories)
+    network = experiment.model.network
+    if network.num_classes == num_classes:
+        return experiment
+    log(f"model.network.num_classes {network.num_classes} -> {num_classes}: the category table of the training "
+        f"data ({experiment.data.train[0].name}: {_category_summary(manifests[0].categories)})")
+    model = dataclasses.replace(experiment.model, network=dataclasses.replace(network, num_classes=num_classes))
+    return dataclasses.replace(experiment, model=model)
 
 
 def check_cluster(experiment: Any, cluster: ClusterInfo, log: Callable[[str], None]) -> None:

@@ -3,8 +3,8 @@
 A mistake that would make every worker fail (or wait forever) is found here, once, with a message
 that names the key or file and what to change:
 
-1. `resolve_paths`: every local path of the experiment (data shards, annotations, frames, init
-   weights, runs root, the MLflow store) becomes absolute, against the driver's working directory:
+1. `resolve_paths`: every local path training reads (data shards, init weights, runs root, the
+   MLflow store) becomes absolute, against the driver's working directory:
    the workers run elsewhere (another directory, another node). Under a `ray job submit` job the
    working directory is the job's temporary copy of the repository, so a relative ``runs_root`` or
    the default ``./mlruns`` store would be lost with it: an error.
@@ -59,15 +59,16 @@ def resolve_paths(experiment: Any, base: Optional[str] = None, in_job: bool = Fa
     if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         tracking_uri = "sqlite:///" + _absolute(tracking_uri[len("sqlite:///"):], base)
 
+    # Training reads the splits' shards only: `annotations`, `frames_root` and `datasets_root` are
+    # what `ctvis data ingest` read, kept as written (resolved against a job's temporary directory,
+    # they would differ at every submission and make a resumed run look reconfigured).
     def split(spec: Any) -> Any:
         if spec is None:
             return None
-        return spec.model_copy(update={key: _absolute(getattr(spec, key), base)
-                                       for key in ("shards", "annotations", "frames_root")})
+        return spec.model_copy(update={"shards": _absolute(spec.shards, base)})
 
     data = experiment.data.model_copy(update={
-        "train": tuple(split(s) for s in experiment.data.train), "val": split(experiment.data.val),
-        "datasets_root": _absolute(experiment.data.datasets_root, base)})
+        "train": tuple(split(s) for s in experiment.data.train), "val": split(experiment.data.val)})
     init = experiment.train.init_weights
     train = experiment.train.model_copy(update={"init_weights": init if init and init.startswith("models:/")
                                                 else _absolute(init, base)})

@@ -160,6 +160,11 @@ class CTVISNetwork(nn.Module):
             enforce_input_projection=d.enforce_input_projection,
         )
 
+    def padded_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The (Hp, Wp) an (H, W) frame is padded to: each rounded up to ``size_divisibility``."""
+        divisor = max(self.size_divisibility, 1)
+        return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
     def preprocess(self, frames: torch.Tensor | List[torch.Tensor]) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """frames: uint8 (N, 3, H, W) RGB, or a list of (3, H_i, W_i) of different sizes.
 
@@ -171,12 +176,11 @@ class CTVISNetwork(nn.Module):
         if isinstance(frames, torch.Tensor):
             if frames.dim() != 4 or frames.shape[1] != 3:
                 raise ValueError(f"frames must be (N, 3, H, W), got shape {tuple(frames.shape)}")
-            height, width = frames.shape[-2:]
-            sizes = [(int(height), int(width))] * frames.shape[0]
+            height, width = (int(v) for v in frames.shape[-2:])
+            sizes = [(height, width)] * frames.shape[0]
             normalized = (frames.to(mean.device) - mean) / std
-            pad_h = -(-height // divisor) * divisor - height
-            pad_w = -(-width // divisor) * divisor - width
-            return F.pad(normalized, (0, pad_w, 0, pad_h), value=0.0), sizes
+            padded_h, padded_w = self.padded_size(height, width)
+            return F.pad(normalized, (0, padded_w - width, 0, padded_h - height), value=0.0), sizes
         if not frames:
             raise ValueError("preprocess got no frames")
         for index, frame in enumerate(frames):

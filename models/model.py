@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,9 +24,10 @@ from .clip_batch import ClipBatch
 from .criterion import CriterionConfig, SetCriterion, gt_to_query_from_indices
 from .ctcl import CTCLConfig, CTCLLoss
 from .ctvis import CTVISNetwork, NetworkConfig
+from .frame_outputs import FrameOutputs
 from .matcher import FrameTarget
 from .tracking import TrackerConfig
-from .video_inference import VideoInstances, stream_video_inference
+from .video_inference import VideoInstances, track_and_postprocess
 
 __all__ = ["InferenceConfig", "CTVISConfig", "CTVISModel", "build_model"]
 
@@ -254,14 +255,17 @@ class CTVISModel(nn.Module):
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
     def infer_video(
-        self, frames: torch.Tensor, output_size: Optional[Tuple[int, int]] = None
+        self, frames: torch.Tensor, output_size: Optional[Tuple[int, int]] = None,
+        on_network_outputs: Optional[Callable[[FrameOutputs], FrameOutputs]] = None,
     ) -> VideoInstances:
         """Online inference on one video, as the released ``CTVISModel.inference_model``.
 
         frames: uint8 (T, 3, H, W) RGB (any device; moved chunk by chunk). The backbone runs on
         ``num_clip_frames`` frames at a time, each frame's outputs go through the streaming
         tracker, and the tracks are post-processed at ``output_size`` (default (H, W)).
-        Runs in eval mode (restored afterwards) and without gradients.
+        ``on_network_outputs`` sees each chunk's network outputs (logits (t, Q, K+1), masks
+        (t, Q, h, w), embeds (t, Q, C)) and returns what the tracker gets (e.g. the outputs as an
+        output cache stores them). Runs in eval mode (restored afterwards) and without gradients.
         """
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"infer_video: frames must be uint8 (T, 3, H, W), got shape {tuple(frames.shape)}")
@@ -269,33 +273,24 @@ class CTVISModel(nn.Module):
             raise ValueError(f"infer_video: frames must be uint8 RGB, got {frames.dtype}")
         if frames.shape[0] == 0:
             raise ValueError("infer_video: the video has no frames")
-        config = self.config.inference
         num_frames, _, height, width = frames.shape
         output_size = (height, width) if output_size is None else (int(output_size[0]), int(output_size[1]))
-        device = self.device
-        mask_storage = device if num_frames <= config.to_cpu_frames else torch.device("cpu")
-        chunk = config.num_clip_frames
-        # Each chunk is normalised and padded on its own: the frames of a video share one size,
-        # so this is the released whole-video ImageList cut into chunks.
-        clips = (self.network.preprocess(frames[start : start + chunk])[0] for start in range(0, num_frames, chunk))
+        chunk = self.config.inference.num_clip_frames
+
+        def clip_outputs():
+            # Each chunk is normalised and padded on its own: the frames of a video share one size,
+            # so this is the released whole-video ImageList cut into chunks.
+            for start in range(0, num_frames, chunk):
+                outputs = self.network(self.network.preprocess(frames[start : start + chunk])[0]).final
+                yield outputs if on_network_outputs is None else on_network_outputs(outputs)
+
         was_training = self.training
         self.eval()
         try:
-            instances, _ = stream_video_inference(
-                lambda images: self.network(images).final,
-                clips,
-                self.config.tracker,
-                image_size=(height, width),
-                output_size=output_size,
-                num_topk=self.config.num_topk,
-                chunk_size=chunk,
-                device=device,
-                mask_storage_device=mask_storage,
-                planes_per_chunk=config.instance_chunk_size * config.interpolate_chunk_size,
-            )
+            return track_network_outputs(self.config, clip_outputs(), self.network.padded_size(height, width),
+                                         (height, width), output_size, num_frames, self.device)
         finally:
             self.train(was_training)
-        return instances
 
     # ---------------------------------------------------------------------------- checkpoints
     def load_official_checkpoint(
@@ -306,6 +301,23 @@ class CTVISModel(nn.Module):
         """Load an official CTVIS ``.pth`` / Mask2Former ``.pkl`` (or an already read official
         state dict) into the network; see ``models.checkpoint.load_official_weights``."""
         return load_official_weights(self.network, source, strict=strict)
+
+
+@torch.no_grad()
+def track_network_outputs(config: CTVISConfig, clip_outputs: Iterable[FrameOutputs], padded_size: Tuple[int, int],
+                          image_size: Tuple[int, int], output_size: Tuple[int, int], num_frames: int,
+                          device: torch.device | str) -> VideoInstances:
+    """What runs after the network in :meth:`CTVISModel.infer_video`: the tracker and the
+    post-processing with the model config's options, over the network outputs of consecutive clips
+    (logits (t, Q, K+1), masks (t, Q, h, w), embeds (t, Q, C)) of a ``num_frames``-frame video. A
+    re-run from stored network outputs calls it directly (no network is built)."""
+    inference = config.inference
+    device = torch.device(device)
+    mask_storage = device if num_frames <= inference.to_cpu_frames else torch.device("cpu")
+    instances, _ = track_and_postprocess(
+        clip_outputs, padded_size, config.tracker, image_size, output_size, config.num_topk, device=device,
+        mask_storage_device=mask_storage, planes_per_chunk=inference.instance_chunk_size * inference.interpolate_chunk_size)
+    return instances
 
 
 def build_model(config: CTVISConfig) -> CTVISModel:

@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.evaluation.command", "Official YouTube-VIS / OVIS / YTVIS-2022 metrics of a results file."),
     "data": ("pipelines.data.cli", "Synthesise, ingest, inspect and export VIS datasets (YTVIS/OVIS/COCO, Parquet shards)."),
     "train": ("pipelines.train.command", "Train an experiment on Ray Train (checkpoints, resume, MLflow run, registered model)."),
+    "predict": ("pipelines.inference.command", "Run a model over a split on Ray Data: results JSON, CodaLab zip, metrics, output cache."),
 }
 
 

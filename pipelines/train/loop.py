@@ -252,6 +252,8 @@ def train_worker(config: dict) -> None:
                         experiment_name=experiment.name,
                         config_hash=experiment.config_hash(),
                     ).save(directory)
+                    # The resolved experiment beside the weights: `ctvis predict CHECKPOINT_DIR` needs nothing else.
+                    (Path(directory) / state.CONFIG_FILE).write_text(experiment.to_yaml())
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
                                      checkpoint_dir_name=f"checkpoint_step{completed:07d}")
             else:

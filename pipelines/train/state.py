@@ -6,7 +6,8 @@ and keeps the last K) holds:
   dicts, the number of completed steps, the torch RNG states and the data position (the next
   clip of the run's clip stream), saved with `torch.save` and read back with ``weights_only=True``;
 - ``meta.json``: step, data position, MLflow run id, experiment name, config hash, wall time — readable
-  without torch.
+  without torch;
+- ``config.yaml``: the resolved experiment (what `ctvis predict CHECKPOINT_DIR` builds the model from).
 
 Beside the run (``<runs_root>/<run name>/``), the driver keeps ``ctvis_run.json`` with the MLflow run
 id, written before any worker starts, so that a resubmitted driver (after its predecessor died)
@@ -27,6 +28,7 @@ from pipelines import storage
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "ctvis_run.json"
 FORMAT_VERSION = 1
 

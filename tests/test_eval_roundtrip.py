@@ -1,4 +1,4 @@
-"""Writer round trip, reader fast path vs ordinary parsing, and the vectorised evaluator against the
+"""Results as `ctvis predict` writes them, reader fast path vs ordinary parsing, and the vectorised evaluator against the
 straightforward loop implementation on randomised synthetic cases."""
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pipelines.evaluation.data import InputError, load_ground_truth, load_predic
 from tests.eval_loop_reference import evaluate_loop
 from pipelines.evaluation.metrics import evaluate
 from tests.eval_synthetic import SyntheticCaseConfig, make_synthetic_case
-from pipelines.evaluation.writer import video_results, write_results, write_submission_zip
 
 
 @pytest.fixture(scope="module")
@@ -29,40 +28,72 @@ def _decode(entry, height, width):
     return np.stack(frames).astype(bool)  # (T, H, W)
 
 
-def test_writer_round_trip_equals_in_memory_evaluation(small_case, tmp_path):
+def test_results_written_by_predict_evaluate_as_in_memory(small_case, tmp_path):
+    """Predictions as `ctvis predict` writes them (per-video RLE entries, parts merged into results.json
+    and submission.zip) evaluate exactly as the same masks in memory."""
+    import torch
+
+    from models.video_inference import VideoInstances
+    from pipelines.inference.job import merge_parts, part_uri
+    from pipelines.inference.predictor import instances_results
+
     ground_truth, results = small_case
     videos = {v["id"]: v for v in ground_truth["videos"]}
     categories = [c["id"] for c in ground_truth["categories"]]
     written = []
-    for video_id in sorted({r["video_id"] for r in results}):
+    video_ids = sorted({r["video_id"] for r in results})
+    for video_id in video_ids:
         entries = [r for r in results if r["video_id"] == video_id]
         height, width = videos[video_id]["height"], videos[video_id]["width"]
-        masks = np.stack([_decode(e, height, width) for e in entries])           # (k, T, H, W)
-        labels = np.array([categories.index(e["category_id"]) for e in entries])
-        scores = np.array([e["score"] for e in entries])
-        written += video_results(video_id, scores, labels, masks, categories,
-                                 absent="null" if video_id % 2 else "empty")
+        masks = torch.from_numpy(np.stack([_decode(e, height, width) for e in entries]))     # (k, T, H, W)
+        # Entries 0 and 1 share one track (one mask, two classes), as the post-processing makes them.
+        mask_index = torch.arange(len(entries)).clamp(min=1) - 1 if len(entries) > 1 else torch.zeros(1, dtype=torch.long)
+        instances = VideoInstances(torch.tensor([e["score"] for e in entries]),
+                                   torch.tensor([categories.index(e["category_id"]) for e in entries]),
+                                   masks[1:] if len(entries) > 1 else masks, mask_index, (height, width))
+        entries_out = instances_results(video_id, instances, masks.shape[1], categories)
+        assert [e["score"] for e in entries_out] == pytest.approx([e["score"] for e in entries])
+        (tmp_path / "parts").mkdir(exist_ok=True)
+        (tmp_path / part_uri("", video_id)).write_text(json.dumps(entries_out))
+        written += entries_out
+    assert merge_parts(str(tmp_path), video_ids, set(video_ids)) == len(written)
     gt = load_ground_truth(ground_truth)
     in_memory = evaluate(gt, predictions_from_list(written))
-    for name in ("results.json", "results.json.gz"):
-        write_results(written, tmp_path / name)
-        from_file = evaluate(gt, load_predictions(tmp_path / name))
-        np.testing.assert_array_equal(from_file.stats, in_memory.stats)
-        np.testing.assert_array_equal(from_file.precision, in_memory.precision)
-    # Rewriting the masks does not change the metrics of the original results either.
-    np.testing.assert_array_equal(evaluate(gt, predictions_from_list(results)).stats, in_memory.stats)
-    write_submission_zip(written, tmp_path / "submission.zip")
+    from_file = evaluate(gt, load_predictions(tmp_path / "results.json"))
+    np.testing.assert_array_equal(from_file.stats, in_memory.stats)
+    np.testing.assert_array_equal(from_file.precision, in_memory.precision)
     with zipfile.ZipFile(tmp_path / "submission.zip") as archive:
         assert archive.namelist() == ["results.json"]
         assert json.loads(archive.read("results.json")) == written
 
 
-def test_writer_rejects_bad_shapes_and_labels():
-    masks = np.zeros((2, 3, 4, 5), dtype=bool)
-    with pytest.raises(ValueError, match="masks"):
-        video_results(1, np.ones(2), np.zeros(2, int), masks[0], [1])
-    with pytest.raises(ValueError, match="category id"):
-        video_results(1, np.ones(2), np.array([0, 3]), masks, [1, 2])
+def test_results_entries_reject_labels_without_a_category():
+    import torch
+
+    from models.video_inference import VideoInstances
+    from pipelines.inference.predictor import instances_results
+
+    instances = VideoInstances(torch.ones(2), torch.tensor([0, 3]), torch.zeros(1, 3, 4, 5, dtype=torch.bool),
+                               torch.zeros(2, dtype=torch.long), (4, 5))
+    with pytest.raises(ValueError, match="label 3 has no category id"):
+        instances_results(1, instances, 3, [1, 2])
+
+
+def test_compact_and_dense_instances_give_the_same_entries():
+    """The post-processing's compact masks (windows) are encoded as their dense form would be."""
+    import torch
+
+    from models.model import build_model
+    from models.presets import preset
+    from models.video_inference import VideoInstances
+    from pipelines.inference.predictor import instances_results
+
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")).eval()
+    compact = model.infer_video((torch.rand(7, 3, 70, 90) * 255).to(torch.uint8), output_size=(140, 180))
+    assert compact.windows is not None
+    dense = VideoInstances(compact.scores, compact.labels, compact.track_masks, compact.mask_index, (140, 180))
+    assert instances_results(4, compact, 7, [1, 2, 3]) == instances_results(4, dense, 7, [1, 2, 3])
 
 
 def test_compact_json_and_reordered_keys_read_the_same(small_case):

@@ -1,4 +1,4 @@
-"""Official YouTube-VIS / OVIS / YouTube-VIS 2022 evaluation, exact and fast, plus results writing.
+"""Official YouTube-VIS / OVIS / YouTube-VIS 2022 evaluation, exact and fast.
 
 Modules (import them directly; this package imports nothing so that `ctvis eval` starts fast):
 
@@ -8,7 +8,8 @@ Modules (import them directly; this package imports nothing so that `ctvis eval`
 - `metrics`: `evaluate(gt, preds, benchmark)` -> `Evaluation` (stats, precision, recall, per category).
 - `suites`: `run_evaluation(...)` for the metric suites ytvis / ovis / ytvis2022 (short / long split),
   with the input checks.
-- `writer`: model outputs -> official results JSON and the CodaLab submission zip.
 - `parallel`: spread the mask-intersection work over Ray workers.
 - `command`: the `ctvis eval` verb.
+
+The results JSON and the CodaLab zip are written by `ctvis predict` (`pipelines.inference`).
 """

@@ -199,7 +199,7 @@ def _done_videos(output: str) -> set[int]:
     return done
 
 
-def _merge_parts(output: str, video_ids: Sequence[int], done: set[int]) -> int:
+def merge_parts(output: str, video_ids: Sequence[int], done: set[int]) -> int:
     """Stream the parts, in the split's order, into results.json and submission.zip; returns the
     number of entries."""
     entries = 0
@@ -317,7 +317,7 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
             raise PredictError(f"{first['error']}; the videos done so far are kept (run the same command again to "
                                f"go on), or pass --on-error skip to leave failing videos out")
     done = _done_videos(options.output) & set(video_ids)
-    num_entries = _merge_parts(options.output, video_ids, done)
+    num_entries = merge_parts(options.output, video_ids, done)
     log(f"results: {num_entries} entries of {len(done)} videos -> {storage.redact(storage.join(options.output, RESULTS_FILE))}"
         f" and {ZIP_FILE}")
 

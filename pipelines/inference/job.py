@@ -69,7 +69,8 @@ class PredictSummary:
     mlflow_run_id: Optional[str]
     tracking_uri: Optional[str]
     wall_s: float
-    work_s: float  # the Ray Data part (videos of this run)
+    work_s: float  # the Ray Data part (videos of this run), actor start-up included
+    video_s: float  # the actors' time on the videos themselves, summed
 
     @property
     def videos_per_s(self) -> float:
@@ -309,9 +310,9 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
         f"({'tracker + post-processing from ' + storage.redact(options.from_cache) if options.from_cache else description})")
 
     failed: list[dict] = []
-    work_s = 0.0
+    work_s = video_s = 0.0
     if todo:
-        failed, work_s = _run_actors(experiment, model, todo, category_ids, options, log, worker_env)
+        failed, work_s, video_s = _run_actors(experiment, model, todo, category_ids, options, log, worker_env)
         if failed and options.on_error == "fail":
             first = failed[0]
             raise PredictError(f"{first['error']}; the videos done so far are kept (run the same command again to "
@@ -336,7 +337,8 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
     run_id, tracking_uri = _log_run(experiment, description, weights_location, split, options, refs, done, metrics,
                                     failed, {c.id: c.name for c in manifest.categories}, log)
     return PredictSummary(storage.redact(options.output), storage.redact(split), len(refs), len(todo) - len(failed),
-                          len(refs) - len(todo), failed, metrics, table, run_id, tracking_uri, time.time() - started, work_s)
+                          len(refs) - len(todo), failed, metrics, table, run_id, tracking_uri, time.time() - started, work_s,
+                          video_s)
 
 
 def _split_fingerprint(manifest: Any) -> str:
@@ -345,7 +347,7 @@ def _split_fingerprint(manifest: Any) -> str:
 
 
 def _run_actors(experiment: Any, model: Any, todo: list, category_ids: tuple[int, ...], options: PredictOptions,
-                log: Callable[[str], None], worker_env: Optional[dict[str, str]]) -> tuple[list[dict], float]:
+                log: Callable[[str], None], worker_env: Optional[dict[str, str]]) -> tuple[list[dict], float, float]:
     import ray
 
     from pipelines.ray_runtime import connect
@@ -372,9 +374,10 @@ def _run_actors(experiment: Any, model: Any, todo: list, category_ids: tuple[int
     )
     failed: list[dict] = []
     started = last_line = time.time()
-    finished = 0
+    finished, video_s = 0, 0.0
     for status in dataset.iter_rows():
         finished += 1
+        video_s += float(status["seconds"])
         if status["error"]:
             failed.append({"video_id": int(status["video_id"]), "frame": int(status["frame"]),
                            "error": str(status["error"])})
@@ -386,7 +389,7 @@ def _run_actors(experiment: Any, model: Any, todo: list, category_ids: tuple[int
             rate = finished / max(now - started, 1e-9)
             log(f"predict: {finished}/{len(rows)} videos, {rate:.2f} videos/s, ETA {(len(rows) - finished) / rate:.0f} s")
             last_line = now
-    return failed, time.time() - started
+    return failed, time.time() - started, video_s
 
 
 def _log_run(experiment: Any, description: str, weights_location: str, split: str, options: PredictOptions,

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         f"checkpoints:      {summary.run_dir}",
         f"registered model: models:/{summary.registered_model}/{summary.registered_version}",
         f"MLflow UI:        {ui}   (then http://127.0.0.1:5000)",
+        f"predict again:    python -m pipelines.cli predict models:/{summary.registered_model}/"
+        f"{summary.registered_version} {val_shards} --output {output}/predict   "
+        "(results.json, submission.zip, the same AP)",
     ]
     print("\n".join(lines), flush=True)
     return 0

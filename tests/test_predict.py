@@ -63,19 +63,24 @@ def _split(root: str, videos: int, annotated: bool = True, seed: int = 21) -> st
     return f"{root}/shards"
 
 
-def _in_process(model, split: str):
+def _in_process(model, split: str, max_videos: int | None = None):
     """The validation path of `ctvis train`: the same weights, in this process, no Ray, on one thread
     like the actors (--cpus-per-worker 1): CPU kernels sum in another order on another number of
     threads, which moves the last bit of some scores."""
     network = build_model(model.experiment.model)
     load_weights(network, model.weights)
-    val_set = load_validation_set(types.SimpleNamespace(name="split", shards=split), model.experiment.data)
+    val_set = load_validation_set(types.SimpleNamespace(name="split", shards=split), model.experiment.data,
+                                  max_videos)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         return validate(network, val_set, "ytvis", torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
+
+
+def in_process_results(model, split: str, max_videos: int | None = None) -> list[dict]:
+    return _in_process(model, split, max_videos).results
 
 
 @pytest.mark.integration
@@ -237,3 +242,29 @@ def test_bad_input_is_named_before_or_while_working(ray_local, weights, tmp_path
     with pytest.raises(PredictError, match="holds the results of another job"):
         predict_split(_model(weights, "model.tracker.match_score_thr=0.5"), split,
                       dataclasses.replace(options, on_error="skip"), log=lambda line: None)
+
+
+def test_model_arguments_resolve_or_say_what_is_missing(weights, tmp_path):
+    """MODEL as a checkpoint directory (its config.yaml and state.pt), as a YAML without weights, or
+    as something else: resolved, or an error saying what to pass."""
+    from pipelines.config import ConfigError
+
+    checkpoint = tmp_path / "checkpoint_step0000010"
+    checkpoint.mkdir()
+    tensors = torch.load(weights, weights_only=True)["model"]
+    torch.save({"format_version": 1, "model": tensors}, checkpoint / "state.pt")
+    with pytest.raises(WeightsError, match="has no config.yaml .* run it as EXPERIMENT.yaml model.weights="):
+        resolve_model(str(checkpoint))
+    (checkpoint / "config.yaml").write_text(load_experiment(TINY, TEST_SIZES).to_yaml())
+    model = resolve_model(str(checkpoint), ["model.tracker.match_score_thr=0.45"])
+    assert model.weights.location == str(checkpoint) and model.experiment.model.tracker.match_score_thr == 0.45
+    network = build_model(model.experiment.model)
+    load_weights(network, model.weights)
+    assert all(torch.equal(network.state_dict()[name], tensor) for name, tensor in tensors.items())
+
+    with pytest.raises(ConfigError, match="add model.weights=URI"):
+        resolve_model(str(TINY))
+    with pytest.raises(ConfigError, match="model.weights is for an experiment YAML"):
+        resolve_model(str(checkpoint), [f"model.weights={weights}"])
+    with pytest.raises(WeightsError, match="no such weights file or checkpoint directory"):
+        resolve_model(str(tmp_path / "nothing-here"))

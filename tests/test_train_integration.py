@@ -106,6 +106,14 @@ def test_train_checkpoint_validate_register_then_recover_from_a_worker_fault(s3_
     assert any(p.startswith("visualizations/video_") and p.endswith(".png") for p in artifacts)
     results = json.loads(Path(client.download_artifacts(clean.mlflow_run_id, "results/val_results.json")).read_text())
     assert {r["video_id"] for r in results} <= {1 + 100 * 12, 2 + 100 * 12}
+    # The last checkpoint is a model `ctvis predict` can run (it carries its config), and the predict
+    # path gives the training's own final validation results.
+    from pipelines.inference.model_source import resolve_model
+    from tests.test_predict import in_process_results
+
+    model = resolve_model(f"{runs_root}/clean/checkpoint_step0000006")
+    assert model.experiment.model == experiment.model and model.weights.location.endswith("checkpoint_step0000006")
+    assert in_process_results(model, val_shards, max_videos=2) == results
 
     version = client.get_model_version(experiment.name, clean.registered_version)
     assert version.run_id == clean.mlflow_run_id

@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.cli", "Synthesise, ingest, inspect and export VIS datasets (YTVIS/OVIS/COCO, Parquet shards)."),
     "train": ("pipelines.train.command", "Train an experiment on Ray Train (checkpoints, resume, MLflow run, registered model)."),
     "predict": ("pipelines.inference.command", "Run a model over a split on Ray Data: results JSON, CodaLab zip, metrics, output cache."),
+    "tune": ("pipelines.tune.command", "Ray Tune sweeps: training-time (ASHA, nested MLflow runs) or tracker settings on an output cache."),
 }
 
 

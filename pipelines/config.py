@@ -201,6 +201,8 @@ class MlflowConfig(_Strict):
     tracking_uri: Optional[str] = Field(default=None, description="MLflow URI; default env or ./mlruns")
     experiment_name: Optional[str] = Field(default=None, description="default: the experiment's name")
     registered_model_name: Optional[str] = Field(default=None, description="default: the experiment's name")
+    register_model: bool = Field(default=True, description="register the final model (sweep trials: the sweep does)")
+    parent_run_id: Optional[str] = Field(default=None, description="nest the run under this MLflow run (sweeps)")
 
 
 class S3Config(_Strict):

@@ -233,25 +233,29 @@ class MlflowRun:
         """Register the run's artifact directory `artifact_path` as a new version of model `name`."""
         if not self.enabled:
             return None
-        from mlflow.exceptions import MlflowException
+        return register_run_model(self.tracking_uri, self._require_run(), name, artifact_path, description, tags,
+                                  aliases)
 
-        run_id = self._require_run()
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) and "already exists" not in str(exc):
-                raise
-        source = f"{self.artifact_uri()}/{artifact_path.strip('/')}"
-        version = self.client.create_model_version(
-            name,
-            source=source,
-            run_id=run_id,
-            description=description,
-            tags={k: str(v) for k, v in (tags or {}).items()},
-        )
-        for alias in aliases:
-            self.client.set_registered_model_alias(name, alias, version.version)
-        return get_model_version(name, version=version.version, tracking_uri=self.tracking_uri)
+
+def register_run_model(tracking_uri: str, run_id: str, name: str, artifact_path: str, description: str = "",
+                       tags: Optional[Mapping[str, Any]] = None, aliases: Iterable[str] = ()) -> RegisteredVersion:
+    """Register run `run_id`'s artifact directory `artifact_path` as a new version of model `name`
+    (created if needed), with `aliases` pointing at it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) and "already exists" not in str(exc):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path.strip('/')}"
+    version = client.create_model_version(name, source=source, run_id=run_id, description=description,
+                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return get_model_version(name, version=version.version, tracking_uri=tracking_uri)
 
 
 def get_model_version(

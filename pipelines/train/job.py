@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from pipelines import storage
 from pipelines.train import state
@@ -109,6 +109,8 @@ def _start_tracking(experiment: Any, mlflow_run: Any, runs_root: str, run_name: 
         log(f"reattached to MLflow run {mlflow_run.run_id} (driver start {starts})")
         return True
     tags = {**experiment_tags(experiment), "ray_run_name": run_name, "ray_run_dir": where}
+    if experiment.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = experiment.tracking.parent_run_id  # a sweep's trial: nested in the UI
     mlflow_run.start(mlflow_experiment, run_name=run_name, tags=tags)
     mlflow_run.log_experiment_config(experiment)
     state.write_run_info(runs_root, run_name, {
@@ -137,7 +139,7 @@ def _prune_checkpoints(runs_root: str, run_name: str, keep: int, log=print) -> N
 
 
 def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_uri: str, mlflow_run_id: str,
-                  worker_env: Optional[dict[str, str]] = None, init_weights: Any = None):
+                  worker_env: Optional[dict[str, str]] = None, init_weights: Any = None, callbacks: Sequence[Any] = ()):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -168,6 +170,7 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
             failure_config=FailureConfig(max_failures=compute.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=experiment.train.keep_checkpoints),
             worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
+            callbacks=list(callbacks) or None,
         ),
     )
 
@@ -221,7 +224,7 @@ def prepare(experiment: Any, log: Callable[[str], None] = print) -> Any:
 
 def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None,
                  log: Callable[[str], None] = print, ray_address: Optional[str] = None,
-                 resume_changed: bool = False) -> TrainingSummary:
+                 resume_changed: bool = False, callbacks: Sequence[Any] = ()) -> TrainingSummary:
     """Train `experiment` on the connected Ray cluster (or a local one), end to end.
 
     Every check runs before the MLflow run is created or a worker starts (`prepare`, then the
@@ -242,7 +245,8 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     mlflow_run = MlflowRun(experiment.tracking.tracking_uri)
     resumed = _start_tracking(experiment, mlflow_run, runs_root, run_name, log, resume_changed)
     trainer = build_trainer(experiment, run_name=run_name, runs_root=runs_root, tracking_uri=mlflow_run.tracking_uri,
-                            mlflow_run_id=mlflow_run.run_id, worker_env=worker_env, init_weights=init_weights)
+                            mlflow_run_id=mlflow_run.run_id, worker_env=worker_env, init_weights=init_weights,
+                            callbacks=callbacks)
     watchdog = ProgressWatchdog(runs_root, run_name, experiment.train.schedule.max_iter,
                                 experiment.compute.stall_timeout_s, log)
     try:
@@ -267,10 +271,12 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     val_metrics = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
     mlflow_run.log_bytes(loss_curve_plot(_metric_curves(mlflow_run, PLOTTED_LOSSES), title=f"{experiment.name} losses"),
                       "plots/loss_curves.png")
-    registered = _register(experiment, mlflow_run, val_metrics, final_step, final_loss)
+    registered = (_register(experiment, mlflow_run, val_metrics, final_step, final_loss)
+                  if experiment.tracking.register_model else None)
     mlflow_run.end("FINISHED")
     info = state.read_run_info(runs_root, run_name) or {}
     state.write_run_info(runs_root, run_name, {**info, "finished": True, "final_step": final_step,
+                                               "final_loss": final_loss, "val_metrics": val_metrics,
                                                "finished_at": time.time()})
     checkpoint_uri = None
     if result.checkpoint is not None:

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="CTVIS platform: train, evaluate and ship online video instance segmentation models.",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    verb_parsers: dict[str, argparse.ArgumentParser] = {}
     for verb, (module_name, summary) in VERBS.items():
         verb_parser = sub.add_parser(verb, help=summary, description=summary)
         # Importing the module only to attach its arguments would defeat lazy imports, so every
@@ -34,7 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         module.add_arguments(verb_parser)
         verb_parser.set_defaults(_verb_module=module_name)
+        verb_parsers[verb] = verb_parser
+    parser.set_defaults(_verb_parsers=verb_parsers)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The arguments, with options and positionals in any order: `ctvis predict MODEL SPLIT --output
+    OUT key=value` puts the trailing overrides with the others (plain argparse stops a positional
+    list at the first option)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.verb is not None:
+        verb = args.verb
+        try:
+            args = args._verb_parsers[verb].parse_intermixed_args(argv[argv.index(verb) + 1:])
+        except TypeError:  # a verb with sub-commands: argparse cannot intermix those
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.verb = verb
+    return args
 
 
 _terminated_by: list[int] = []  # the signal that ended the run, if one did
@@ -75,7 +93,7 @@ def _run_verb(argv: list[str]) -> int:
     from pipelines import redaction
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.verb is None:
         parser.print_help()
         return 0

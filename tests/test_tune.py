@@ -139,3 +139,95 @@ storage_root: {tmp_path / 'sweeps'}
     assert {"sweep/trials.csv", "sweep/plots.png", "sweep/best_overrides.txt"} <= artifacts
     table = Path(client.download_artifacts(summary.mlflow_run_id, "sweep/trials.csv")).read_text().splitlines()
     assert len(table) == 1 + 5 and table[0].startswith("trial_id,status,reports,model.tracker.match_score_thr")
+
+
+def _finished_trial_runs(client, experiment_name: str, sweep: str) -> set[str]:
+    """Ray Train run names of the sweep's trials whose MLflow run has finished."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return set()
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    return {run.data.tags.get("ray_run_name", "") for run in runs
+            if run.data.tags.get("ray_run_name", "").startswith(f"{sweep}-")}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_training_sweep_stops_trials_early_and_resumes_after_its_driver_is_killed(s3_server, s3_bucket,
+                                                                                  mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_train_integration import make_synthetic_shards
+
+    train, val = make_synthetic_shards(f"s3://{s3_bucket}/data")
+    runs_root = f"s3://{s3_bucket}/runs"
+    overrides = [
+        f"data.train=[{{name: synth_train, shards: '{train}'}}]", f"data.val={{name: synth_val, shards: '{val}'}}",
+        "data.sampling_frame_num=2", "data.sampling_frame_range=3", "data.min_size_train=[64]",
+        "data.max_size_train=96", "data.crop.enabled=false", "data.min_size_test=64", "data.max_size_test=96",
+        "train.batch_size=2", "train.schedule={max_iter: 6, steps: [5], warmup_iters: 0}", "train.eval_period=2",
+        "train.log_period=1", "eval.max_videos=1", "eval.visualize_videos=0", "compute.num_workers=1",
+        "compute.cpus_per_worker=0.5", "compute.cpus_per_decoder=0.25", f"storage.runs_root={runs_root}"]
+    sweep_file = _write(tmp_path / "ctcl.yaml", "\n".join([
+        "name: ctcl_test", "kind: training", f"base: {TINY}", "overrides:",
+        *[f"  - {json.dumps(text)}" for text in overrides],
+        "search_space:", "  model.ctcl.reid_weight: {loguniform: [0.5, 4.0]}",
+        "  model.criterion.dice_weight: {uniform: [1.0, 8.0]}",
+        # The loss differs from trial to trial from the first report on (a 6-step AP is 0 everywhere).
+        "metric: loss", "mode: min", "scheduler: {type: asha, grace_period: 1, reduction_factor: 2}",
+        "num_samples: 4", "max_concurrent_trials: 1", "seed: 3", f"storage_root: s3://{s3_bucket}/sweeps", ""]))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, **services.ray_loopback_env(home)}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "pipelines.cli", "tune", str(sweep_file), "--tracking-uri",
+               mlflow_server.tracking_uri]
+    client = MlflowClient(mlflow_server.tracking_uri)
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=open(tmp_path / "first.log", "w"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _finished_trial_runs(client, "tiny", "ctcl_test"):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished within 300 s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)          # the driver and the Ray it started
+        first.wait(timeout=30)
+    done_before_kill = _finished_trial_runs(client, "tiny", "ctcl_test")
+    assert len(done_before_kill) < 4
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            start_new_session=True)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "restoring the Tune experiment" in second.stderr and "resuming sweep ctcl_test" in second.stderr
+    lines = second.stdout.splitlines()
+    summary = next(line for line in lines if line.startswith("sweep ctcl_test"))
+    assert summary.startswith("sweep ctcl_test (training): 4 trials") and "0 failed" in summary
+    assert " 0 stopped early" not in summary, second.stdout                  # ASHA stopped at least one
+
+    parent_id = next(line for line in lines if line.startswith("MLflow parent run")).split()[3]
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 4                                                 # one nested run per trial
+    for child in children:
+        run_name = child.data.tags["ray_run_name"]
+        info = storage.read_json(f"{runs_root}/{run_name}/ctvis_run.json")
+        assert float(child.data.params["model.ctcl.reid_weight"]) > 0
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss_total")]
+        if run_name in done_before_kill:                                      # finished before the kill:
+            assert sorted(steps) == list(range(1, 7)) and info["driver_starts"] == 1   # not run again
+        if child.data.tags.get("sweep.status") == "stopped early":
+            # Its Ray Train run ended where Tune stopped it: no step after its last report (2 or 4).
+            assert child.info.status == "KILLED" and max(steps) < 6 and not info.get("finished")
+        else:
+            assert child.info.status == "FINISHED" and info["finished"]
+    assert any(child.data.tags.get("sweep.status") == "stopped early" for child in children)
+
+    best = client.get_model_version_by_alias("ctcl_test", "best")
+    best_run = client.get_run(best.run_id)
+    assert best_run.data.tags["mlflow.parentRunId"] == parent_id and best_run.info.status == "FINISHED"
+    best_yaml = Path(client.download_artifacts(parent_id, "sweep/best_experiment.yaml", str(tmp_path)))
+    reproduced = load_experiment(best_yaml)                                   # what ctvis train takes
+    assert reproduced.model.ctcl.reid_weight == pytest.approx(float(best_run.data.params["model.ctcl.reid_weight"]))
+    assert reproduced.tracking.parent_run_id is None and reproduced.train.run_name is None

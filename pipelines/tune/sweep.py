@@ -87,8 +87,10 @@ def run_sweep(sweep: Any, sweep_dir: Path, log: Callable[[str], None] = print, r
 
         plan = training.prepare(sweep, sweep_dir, log, tracking_uri)
         experiment, finished = plan.experiment, plan.finished
+        # stop_last_trials=False: a trial that reaches the last validation ends on its own (its run is
+        # then closed, its model logged); ASHA only stops trials at the earlier rungs.
         scheduler = (ASHAScheduler(max_t=plan.max_reports, grace_period=sweep.scheduler.grace_period,
-                                   reduction_factor=sweep.scheduler.reduction_factor)
+                                   reduction_factor=sweep.scheduler.reduction_factor, stop_last_trials=False)
                      if sweep.scheduler.type == "asha" else FIFOScheduler())
     root = sweep.storage_root if storage.is_remote(sweep.storage_root) else os.path.abspath(sweep.storage_root)
     state_uri = storage.join(root, sweep.name)

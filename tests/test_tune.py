@@ -23,7 +23,7 @@ from pipelines.config import ConfigError, load_experiment
 from pipelines.data.catalog import contiguous_index
 from pipelines.data.shards import export_ytvis_json, load_manifest
 from pipelines.inference.cache import OutputRecorder, video_cache_uri, write_cache_manifest
-from pipelines.inference.job import PredictOptions, _split_fingerprint, predict_split
+from pipelines.inference.job import PredictOptions, predict_split, split_fingerprint
 from pipelines.inference.model_source import model_from_cache
 from pipelines.tune.config import load_sweep
 from tests import services
@@ -92,7 +92,7 @@ def _ground_truth_cache(split: str, cache: str, seed: int = 0) -> None:
                             recorder.encode(video["id"], (height, width), (height, width), (height, width)))
     write_cache_manifest(cache, {"experiment": experiment.to_yaml(), "weights": "ground truth + noise",
                                  "model": "a synthetic cache", "split": split,
-                                 "split_fingerprint": _split_fingerprint(manifest), "mask_dtype": "float16"})
+                                 "split_fingerprint": split_fingerprint(manifest), "mask_dtype": "float16"})
 
 
 @pytest.mark.integration

@@ -281,7 +281,7 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
     experiment, weights_location, description = model.experiment, model.weights.location, model.description
     if options.from_cache:
         info = cache.read_cache_manifest(options.from_cache)
-        if info.get("split_fingerprint") != _split_fingerprint(manifest):
+        if info.get("split_fingerprint") != split_fingerprint(manifest):
             raise PredictError(f"{storage.redact(options.from_cache)} was made from another split "
                                f"({info.get('split')}), not {storage.redact(split)}")
     num_classes = experiment.model.network.num_classes
@@ -302,7 +302,7 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
     if options.cache_outputs:
         cache.write_cache_manifest(options.cache_outputs, {
             "experiment": experiment.to_yaml(), "weights": weights_location, "model": description,
-            "split": storage.redact(split), "split_fingerprint": _split_fingerprint(manifest),
+            "split": storage.redact(split), "split_fingerprint": split_fingerprint(manifest),
             "mask_dtype": "float16"})
     done = _done_videos(options.output) & set(video_ids)
     todo = [ref for ref in refs if ref.video_id not in done]
@@ -341,7 +341,8 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
                           video_s)
 
 
-def _split_fingerprint(manifest: Any) -> str:
+def split_fingerprint(manifest: Any) -> str:
+    """What identifies a split's content for an output cache: its name and its videos, in order."""
     ids = ",".join(str(int(v)) for v in manifest.video_ids)
     return hashlib.sha256(f"{manifest.split}:{ids}".encode()).hexdigest()[:16]
 

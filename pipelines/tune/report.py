@@ -65,9 +65,3 @@ def metric_plots(rows: Sequence[dict[str, Any]], keys: Sequence[str], metric: st
     plt.close(figure)
     return buffer.getvalue()
 
-
-def best_row(rows: Sequence[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    scored = [row for row in rows if isinstance(row.get(metric), (int, float)) and not math.isnan(row[metric])]
-    if not scored:
-        return None
-    return (max if mode == "max" else min)(scored, key=lambda row: row[metric])

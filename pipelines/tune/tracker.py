@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 from pipelines import storage
 
@@ -100,13 +100,13 @@ def check_cache(sweep: Any) -> Any:
     split, which must be annotated."""
     from pipelines.data.shards import load_manifest
     from pipelines.inference.cache import CACHE_MANIFEST, read_cache_manifest, video_cache_uri
-    from pipelines.inference.job import _split_fingerprint
+    from pipelines.inference.job import split_fingerprint
     from pipelines.inference.model_source import model_from_cache
     from pipelines.tune.config import check_keys
 
     info = read_cache_manifest(sweep.cache)
     manifest = load_manifest(sweep.split)
-    if info.get("split_fingerprint") != _split_fingerprint(manifest):
+    if info.get("split_fingerprint") != split_fingerprint(manifest):
         raise TrackerSweepError(f"{storage.redact(sweep.cache)} was made from another split ({info.get('split')}), "
                                 f"not {storage.redact(sweep.split)}")
     if int(manifest.raw.get("num_instances", 0)) == 0:
@@ -128,13 +128,3 @@ def tracker_trainable(sweep: Any) -> Any:
     resources = {"cpu": sweep.trial_resources.cpus, "gpu": sweep.trial_resources.gpus}
     return tune.with_resources(trainable, resources)
 
-
-def best_overrides_text(best: dict[str, Any], keys: list[str]) -> str:
-    from pipelines.tune.config import trial_overrides
-
-    return " ".join(trial_overrides({key: best[key] for key in keys}))
-
-
-def describe(model: Any, log: Callable[[str], None], sweep: Any, trials: Optional[int] = None) -> None:
-    log(f"tracker sweep {sweep.name}: {len(sweep.search_space)} keys over the cache {storage.redact(sweep.cache)} "
-        f"({model.description})" + (f", {trials} trials" if trials else ""))

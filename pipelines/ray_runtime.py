@@ -4,7 +4,10 @@
 - an address (``--ray-address``, ``RAY_ADDRESS``, or the cluster of a `ray job submit` job): connect;
 - otherwise a local Ray, started on loopback only: every Ray service, the dashboard and every worker
   bind 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` with node IP 127.0.0.1), so a laptop run
-  opens no port to the network.
+  opens no port to the network. Its GCS port is chosen here and ``RAY_ADDRESS`` names it for every
+  process of the cluster: Ray Train's placement-group cleaner (inside Tune trials too) finds its
+  cluster by address instead of by scanning the machine, which fails when another Ray runs there
+  ("Found multiple active Ray instances") and leaves a stopped trial's workers holding their CPUs.
 
 `check_training_fits()` counts what a training run asks for (Ray Train workers, and each worker's
 Ray Data clip decoders) against the cluster: on the local Ray a run that cannot fit would wait forever
@@ -17,10 +20,19 @@ import os
 from typing import Any, Callable, Optional
 
 LOOPBACK = "127.0.0.1"
+_started_address: Optional[str] = None  # the RAY_ADDRESS this process set for the local Ray it started
 
 
 class ResourceError(ValueError):
     """The job does not fit the cluster; the message says what to change."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
 
 
 def in_ray_job() -> bool:
@@ -39,11 +51,14 @@ class ClusterInfo:
 def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, log_to_driver: bool = True,
             log: Callable[[str], None] = lambda line: None) -> ClusterInfo:
     """Connect to Ray (see the module docstring) unless already connected; describe the cluster."""
-    global _started_here
+    global _started_here, _started_address
     import signal
     import threading
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    environment_address = os.environ.get("RAY_ADDRESS") or None
+    if environment_address is not None and environment_address == _started_address:
+        environment_address = None  # ours, from a local Ray this process started and shut down before
+    address = address or environment_address
     # Before importing ray: its services read this when they start.
     if not address:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -61,8 +76,12 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, lo
         else:
             # The dashboard serves the State API, which Ray Train's placement-group cleaner and our
             # stall reports need; it binds 127.0.0.1 like everything else here.
-            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
-                     configure_logging=False, log_to_driver=log_to_driver)
+            port = _free_port()
+            _started_address = f"{LOOPBACK}:{port}"
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            os.environ["RAY_ADDRESS"] = _started_address  # inherited by the cluster's processes
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
+                     _node_ip_address=LOOPBACK, configure_logging=False, log_to_driver=log_to_driver)
             log(f"started a local Ray on {LOOPBACK} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
         if in_main and handler not in (None, signal.SIG_DFL):
             signal.signal(signal.SIGTERM, handler)  # ray.init replaced it with a bare sys.exit

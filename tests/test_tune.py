@@ -218,8 +218,12 @@ def test_a_training_sweep_stops_trials_early_and_resumes_after_its_driver_is_kil
         if run_name in done_before_kill:                                      # finished before the kill:
             assert sorted(steps) == list(range(1, 7)) and info["driver_starts"] == 1   # not run again
         if child.data.tags.get("sweep.status") == "stopped early":
-            # Its Ray Train run ended where Tune stopped it: no step after its last report (2 or 4).
-            assert child.info.status == "KILLED" and max(steps) < 6 and not info.get("finished")
+            assert child.info.status == "KILLED" and not info.get("finished")
+            if info.get("driver_starts", 1) == 1:
+                # Its Ray Train run ended where Tune stopped it (its workers went with the trial): no
+                # step after its last report. (A trial the kill interrupted may have logged steps
+                # beyond the checkpoint it restarted from.)
+                assert max(steps) < 6
         else:
             assert child.info.status == "FINISHED" and info["finished"]
     assert any(child.data.tags.get("sweep.status") == "stopped early" for child in children)

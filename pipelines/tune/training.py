@@ -90,7 +90,9 @@ class TrainingPlan:
             row["mlflow_run_id"] = info.get("mlflow_run_id", "")
             if row["status"] != "finished" and row["mlflow_run_id"]:
                 client.set_tag(row["mlflow_run_id"], "sweep.status", row["status"])
-                if client.get_run(row["mlflow_run_id"]).info.status == "RUNNING":
+                if row["status"] == "stopped early":
+                    # Stopped by the scheduler, not broken (the trial's run may have ended RUNNING or
+                    # FAILED, depending on where the stop reached it).
                     client.set_terminated(row["mlflow_run_id"], status="KILLED")
         if best is None:
             log("no trial finished: nothing to register")

@@ -218,15 +218,16 @@ def test_a_training_sweep_stops_trials_early_and_resumes_after_its_driver_is_kil
         if run_name in done_before_kill:                                      # finished before the kill:
             assert sorted(steps) == list(range(1, 7)) and info["driver_starts"] == 1   # not run again
         if child.data.tags.get("sweep.status") == "stopped early":
+            # Its Ray Train run never finished. (Its workers may log a step or two past the report
+            # ASHA stopped it at: reports reach Tune asynchronously.)
             assert child.info.status == "KILLED" and not info.get("finished")
-            if info.get("driver_starts", 1) == 1:
-                # Its Ray Train run ended where Tune stopped it (its workers went with the trial): no
-                # step after its last report. (A trial the kill interrupted may have logged steps
-                # beyond the checkpoint it restarted from.)
-                assert max(steps) < 6
         else:
             assert child.info.status == "FINISHED" and info["finished"]
     assert any(child.data.tags.get("sweep.status") == "stopped early" for child in children)
+    # A stopped trial's workers went with it: on these 2 CPUs the trials after it could not have
+    # started otherwise (a stopped trial whose placement group was never released made the resumed
+    # sweep wait forever, before ray_runtime.connect set RAY_ADDRESS for its cluster).
+    assert sum(child.info.status == "FINISHED" for child in children) >= 1
 
     best = client.get_model_version_by_alias("ctcl_test", "best")
     best_run = client.get_run(best.run_id)

@@ -26,29 +26,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=16)
-    parser.add_argument("--frames", type=int, nargs=2, default=(24, 32), help="min and max frames per video")
-    parser.add_argument("--size", type=int, nargs=2, default=(192, 256), help="frame height and width (= test size)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-
-    import ray
+def synthetic_split_and_model(root: Path, videos: int, frames: tuple[int, int], size: tuple[int, int]):
+    """A synthetic split ingested under `root` and the tiny model (seeded) at the frames' own size:
+    (shards URI, model_source.ResolvedModel). Shared with bench_tune_tracker.py."""
     import torch
 
     from models.model import build_model
     from pipelines.config import load_experiment
     from pipelines.data import catalog, synth
     from pipelines.data.ingest import IngestOptions, ingest
-    from pipelines.inference.job import PredictOptions, predict_split
-    from pipelines.inference.model_source import model_from_cache, resolve_model
+    from pipelines.inference.model_source import resolve_model
     from pipelines.weights import WEIGHTS_FORMAT
 
-    root = Path(tempfile.mkdtemp(prefix="bench_predict_"))
-    height, width = args.size
-    raw = synth.generate(str(root / "raw"), synth.SynthConfig(num_videos=args.videos, min_frames=args.frames[0],
-                                                               max_frames=args.frames[1], height=height, width=width,
+    height, width = size
+    raw = synth.generate(str(root / "raw"), synth.SynthConfig(num_videos=videos, min_frames=frames[0],
+                                                               max_frames=frames[1], height=height, width=width,
                                                                num_classes=3, seed=3))
     ingest(catalog.resolve_split("bench", annotations=raw["annotations"], frames_root=raw["frames_root"]),
            str(root / "shards"), IngestOptions(executor="local"))
@@ -59,11 +51,28 @@ def main() -> None:
                weights)
     model = resolve_model(str(experiment_file), [f"model.weights={weights}", f"data.min_size_test={min(height, width)}",
                                                  f"data.max_size_test={max(height, width)}"])
+    return str(root / "shards"), model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=16)
+    parser.add_argument("--frames", type=int, nargs=2, default=(24, 32), help="min and max frames per video")
+    parser.add_argument("--size", type=int, nargs=2, default=(192, 256), help="frame height and width (= test size)")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import ray
+
+    from pipelines.inference.job import PredictOptions, predict_split
+    from pipelines.inference.model_source import model_from_cache
+
+    root = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    split, model = synthetic_split_and_model(root, args.videos, tuple(args.frames), tuple(args.size))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
              log_to_driver=False)
     base = PredictOptions(output="", overlays=0, tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    split = str(root / "shards")
     counter = iter(range(10_000))
 
     def run(label: str, **changes):

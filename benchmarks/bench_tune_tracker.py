@@ -23,6 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+from benchmarks.bench_predict import synthetic_split_and_model  # noqa: E402
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=16)
@@ -32,30 +35,14 @@ def main() -> None:
     import ray
     import torch
 
-    from models.model import build_model
-    from pipelines.config import load_experiment
-    from pipelines.data import catalog, synth
-    from pipelines.data.ingest import IngestOptions, ingest
     from pipelines.inference.job import PredictOptions, predict_split
-    from pipelines.inference.model_source import resolve_model
     from pipelines.tune import tracker
-    from pipelines.weights import WEIGHTS_FORMAT
 
     root = Path(tempfile.mkdtemp(prefix="bench_tune_"))
-    raw = synth.generate(str(root / "raw"), synth.SynthConfig(num_videos=args.videos, min_frames=24, max_frames=32,
-                                                               height=192, width=256, num_classes=3, seed=3))
-    ingest(catalog.resolve_split("bench", annotations=raw["annotations"], frames_root=raw["frames_root"]),
-           str(root / "shards"), IngestOptions(executor="local"))
-    experiment_file = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
-    torch.manual_seed(0)
-    weights = root / "model.pt"
-    torch.save({"format": WEIGHTS_FORMAT, "model": build_model(load_experiment(experiment_file).model).state_dict()},
-               weights)
-    model = resolve_model(str(experiment_file), [f"model.weights={weights}", "data.min_size_test=192",
-                                                 "data.max_size_test=256"])
+    split, model = synthetic_split_and_model(root, args.videos, (24, 32), (192, 256))
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
              log_to_driver=False)
-    split, cache = str(root / "shards"), str(root / "cache")
+    cache = str(root / "cache")
     summary = predict_split(model, split, PredictOptions(output=str(root / "predict"), cache_outputs=cache, workers=1,
                                                          overlays=0, tracking_uri=f"sqlite:///{root / 'm.db'}"),
                             log=lambda line: None)

@@ -34,7 +34,8 @@ from typing import Any, Literal, Optional, Union
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.config import ConfigError, _format_validation_error, _suggest, apply_overrides, parse_yaml
+from pipelines.config import (ConfigError, _format_validation_error, _lists_to_tuples, _suggest, apply_overrides,
+                              parse_yaml)
 
 # Keys a tracker sweep may search: what runs after the network.
 TRACKER_KEY_PREFIXES = ("model.tracker.", "model.inference.")
@@ -152,7 +153,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         source = f"{source} (with overrides {' '.join(overrides)})"
         raw = apply_overrides(raw, list(overrides), source)
     try:
-        sweep = SweepConfig.model_validate(_tuples(raw))
+        sweep = SweepConfig.model_validate(_lists_to_tuples(raw))
     except pydantic.ValidationError as exc:
         raise ConfigError(_format_sweep_error(exc, source)) from None
     if sweep.kind == "training" and not sweep.base:
@@ -186,14 +187,6 @@ def check_keys(sweep: SweepConfig, build: Any, source: str) -> None:
                 build(list(sweep.overrides) + [_sample_override(key, value)])
             except ConfigError as error:
                 raise ConfigError(f"{source}: search_space.{key} ({domain.kind} value {value!r}): {error}") from None
-
-
-def _tuples(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
 
 
 def _format_sweep_error(exc: pydantic.ValidationError, source: str) -> str:

@@ -111,7 +111,11 @@ def check_cache(sweep: Any) -> Any:
                                 f"not {storage.redact(sweep.split)}")
     if int(manifest.raw.get("num_instances", 0)) == 0:
         raise TrackerSweepError(f"{storage.redact(sweep.split)}: the split has no annotations to score trials with")
-    missing = [int(v) for v in manifest.video_ids if not storage.exists(video_cache_uri(sweep.cache, int(v)))]
+    try:  # one listing, not one request per video
+        cached = set(storage.ls(storage.join(sweep.cache, "videos")))
+    except storage.StorageNotFound:
+        cached = set()
+    missing = [int(v) for v in manifest.video_ids if video_cache_uri(sweep.cache, int(v)) not in cached]
     if missing:
         raise TrackerSweepError(f"{storage.redact(sweep.cache)}: {len(missing)} videos of the split are not cached "
                                 f"(e.g. {missing[:5]}): finish the ctvis predict --cache-outputs run first")

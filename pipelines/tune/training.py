@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 
 
 
-def training_trial(config: dict[str, Any], base_yaml: str, source: str, fixed: tuple[str, ...], sweep_name: str,
-                   parent_run_id: str, tracking_uri: str, worker_env: Optional[dict[str, str]]) -> None:
+def training_trial(config: dict[str, Any], base_yaml: str, source: str, sweep_name: str, parent_run_id: str,
+                   tracking_uri: str, worker_env: Optional[dict[str, str]]) -> None:
     """Tune function trainable: one training run with the sampled values."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -35,7 +35,7 @@ def training_trial(config: dict[str, Any], base_yaml: str, source: str, fixed: t
 
     run_name = trial_run_name(sweep_name, tune.get_context().get_trial_id())
     # JSON-quoted: a run id of digits and an "e" would otherwise read as a number.
-    experiment = build_experiment(parse_yaml(base_yaml, source), source, list(fixed) + trial_overrides(config) + [
+    experiment = build_experiment(parse_yaml(base_yaml, source), source, trial_overrides(config) + [
         f"train.run_name={json.dumps(run_name)}", "tracking.register_model=false",
         f"tracking.parent_run_id={json.dumps(parent_run_id)}", f"tracking.tracking_uri={json.dumps(tracking_uri)}"])
     info = state.read_run_info(experiment.storage.runs_root, run_name) or {}
@@ -54,9 +54,8 @@ def trial_run_name(sweep_name: str, trial_id: str) -> str:
 class TrainingPlan:
     sweep: Any
     experiment: Any  # the base experiment with the sweep's fixed overrides, paths absolute
-    base_yaml: str  # its YAML: each trial builds its experiment from it plus the sampled values
+    base_yaml: str  # its YAML (fixed overrides included): each trial adds the sampled values
     source: str
-    fixed: tuple[str, ...]
     max_reports: int
     max_iter: int
     worker_env: Optional[dict[str, str]] = None
@@ -66,7 +65,7 @@ class TrainingPlan:
         from ray import tune
 
         trainable = tune.with_parameters(training_trial, base_yaml=self.base_yaml, source=self.source,
-                                         fixed=self.fixed, sweep_name=self.sweep.name, parent_run_id=parent_run_id,
+                                         sweep_name=self.sweep.name, parent_run_id=parent_run_id,
                                          tracking_uri=tracking_uri, worker_env=self.worker_env)
         # The trial itself only drives its Ray Train run: the workers ask for their own resources.
         self.trainable = tune.with_resources(trainable, {"CPU": 0.01})
@@ -99,7 +98,7 @@ class TrainingPlan:
             return None
         keys = list(self.sweep.search_space)
         best_experiment = build_experiment(parse_yaml(self.base_yaml, self.source), self.source,
-                                           list(self.fixed) + trial_overrides({key: best[key] for key in keys}))
+                                           trial_overrides({key: best[key] for key in keys}))
         mlflow_run.log_text(best_experiment.to_yaml(), "sweep/best_experiment.yaml")
         if not best.get("mlflow_run_id"):
             log(f"best trial {best['trial_id']}: its MLflow run is unknown, not registered")
@@ -141,5 +140,5 @@ def prepare(sweep: Any, sweep_dir: Path, log: Callable[[str], None], tracking_ur
     experiment = prepare_training(experiment, log)  # shards, batch, paths absolute, classes from the data
     max_iter = experiment.train.schedule.max_iter
     max_reports = max_iter // period + (1 if max_iter % period else 0)
-    return TrainingPlan(sweep, experiment, experiment.to_yaml(), f"{source} (sweep {sweep.name})", (),
-                        max_reports, max_iter)
+    return TrainingPlan(sweep, experiment, experiment.to_yaml(), f"{source} (sweep {sweep.name})", max_reports,
+                        max_iter)

@@ -27,7 +27,7 @@ from .ctvis import CTVISNetwork, NetworkConfig
 from .frame_outputs import FrameOutputs
 from .matcher import FrameTarget
 from .tracking import TrackerConfig
-from .video_inference import VideoInstances, track_and_postprocess
+from .video_inference import OnlineVideoInference, VideoInstances, track_and_postprocess
 
 __all__ = ["InferenceConfig", "CTVISConfig", "CTVISModel", "build_model"]
 
@@ -278,10 +278,8 @@ class CTVISModel(nn.Module):
         chunk = self.config.inference.num_clip_frames
 
         def clip_outputs():
-            # Each chunk is normalised and padded on its own: the frames of a video share one size,
-            # so this is the released whole-video ImageList cut into chunks.
             for start in range(0, num_frames, chunk):
-                outputs = self.network(self.network.preprocess(frames[start : start + chunk])[0]).final
+                outputs = self.network_outputs(frames[start : start + chunk])
                 yield outputs if on_network_outputs is None else on_network_outputs(outputs)
 
         was_training = self.training
@@ -291,6 +289,23 @@ class CTVISModel(nn.Module):
                                          (height, width), output_size, num_frames, self.device)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def network_outputs(self, clip: torch.Tensor) -> FrameOutputs:
+        """The network's final outputs on a clip of uint8 (t, 3, H, W) RGB frames (any device): logits
+        (t, Q, K+1), mask logits (t, Q, h, w), embeds (t, Q, C). Each clip is normalised and padded on
+        its own: the frames of a video share one size, so this is the released whole-video
+        ImageList cut into chunks. Call in eval mode."""
+        return self.network(self.network.preprocess(clip)[0]).final
+
+    def online_inference(self, image_size: Tuple[int, int], output_size: Tuple[int, int]) -> OnlineVideoInference:
+        """Bounded-memory inference over one video of (H, W) = ``image_size`` frames (the test size),
+        with outputs at ``output_size``: feed it :meth:`network_outputs` of consecutive clips of
+        ``inference.num_clip_frames`` frames (see :class:`OnlineVideoInference`)."""
+        inference = self.config.inference
+        return OnlineVideoInference(self.config.tracker, self.network.padded_size(*image_size), image_size,
+                                    output_size, self.config.num_topk, device=self.device,
+                                    planes_per_chunk=inference.instance_chunk_size * inference.interpolate_chunk_size)
 
     # ---------------------------------------------------------------------------- checkpoints
     def load_official_checkpoint(

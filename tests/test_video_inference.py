@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from models.tracking import TrackerConfig, track_video
-from models.frame_outputs import FrameOutputs
-from models.video_inference import VideoInstances, inference_tracks, inference_video, stream_video_inference
+from models.video_inference import VideoInstances, inference_tracks, inference_video
 from tests.tracker_oracle import oracle_inference_video, synthetic_detections
 
 
@@ -121,30 +120,6 @@ def test_empty_and_small_inputs():
     assert len(small) == 2 and sorted(small.labels.tolist()) == [0, 1]
     with pytest.raises(ValueError, match="exceeds padded_size"):
         inference_video(torch.randn(1, 3), torch.randn(1, 2, 8, 8), (32, 32), (40, 32), (32, 32), num_topk=2)
-
-
-def test_streamed_inference_chunks_equal_whole_video():
-    logits, masks, embeds = synthetic_detections(11, mask_size=(24, 40), seed=2)
-    frames = torch.arange(11, dtype=torch.float32)[:, None, None, None].expand(11, 3, 96, 160)
-    calls = []
-
-    def frame_forward(images):
-        index = images[:, 0, 0, 0].long()
-        calls.append(index.numel())
-        return FrameOutputs(logits=logits[index], masks=masks[index], queries=embeds[index], embeds=embeds[index])
-
-    config = TrackerConfig()
-    instances, tracks = stream_video_inference(frame_forward, frames, config, image_size=(90, 150), output_size=(90, 150),
-                                    num_topk=40, chunk_size=4)
-    assert calls == [4, 4, 3]
-    expected_tracks, _ = track_video(config, logits, masks, embeds)
-    assert torch.equal(tracks.track_ids, expected_tracks.track_ids)
-    expected = inference_video(expected_tracks.pred_logits, expected_tracks.pred_masks, (96, 160), (90, 150),
-                               (90, 150), num_topk=40)
-    assert torch.equal(instances.scores, expected.scores) and torch.equal(instances.masks, expected.masks)
-    with pytest.raises(ValueError, match="clip 0 embeds has 2 frames, expected 1"):
-        stream_video_inference(lambda images: FrameOutputs(logits[:1], masks[:1], embeds[:2], embeds[:2]), frames[:1],
-                               config, (90, 150), (90, 150), num_topk=40)
 
 
 @pytest.mark.gpu

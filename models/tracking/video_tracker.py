@@ -67,6 +67,23 @@ class FrameTrackResult:
     live_ids: Tensor
 
 
+@dataclass(frozen=True)
+class SettledFrame:
+    """One frame's final part of the video-level outputs (:meth:`VideoTracker.take_settled_frames`).
+
+    entries: (n,) long, the output entry of each tracked mask (stable ids in creation order: the
+    rows of the final outputs are the surviving entries in this order, see
+    :meth:`VideoTracker.end_of_video`); track_ids: (n,) long; masks: (n, h, w) mask logits;
+    logits: (n, K+1) the frame's logits of those tracks.
+    """
+
+    frame_index: int
+    entries: np.ndarray
+    track_ids: np.ndarray
+    masks: Tensor
+    logits: Tensor
+
+
 class VideoTracks:
     """Video-level tracker output, in the order the released ``video_dict`` holds them.
 
@@ -203,6 +220,10 @@ class VideoTracker:
         # Per frame, a tensor holding the tracked masks and the row of each tracked id in it.
         self._frame_masks: list[Tensor] = []
         self._frame_mask_rows: list[np.ndarray] = []
+        # Per frame, the entry of each tracked id (see below), and how many frames have been handed
+        # out by take_settled_frames (their masks are released then).
+        self._frame_entries: list[np.ndarray] = []
+        self._num_settled = 0
         # Rows of the released video_dict ("entries"), in creation order. A track deleted as noise
         # that shows up again starts a fresh entry at that frame.
         # Capacity-doubling arrays; the first _num_entries rows are used (see _record_entries).
@@ -383,7 +404,7 @@ class VideoTracker:
         else:
             self._frame_masks.append(pred_masks)
             self._frame_mask_rows.append(tracked_queries)
-        self._record_entries(ids, frame_index)
+        self._frame_entries.append(self._record_entries(ids, frame_index))
         self._num_frames += 1
 
         assigned = np.full(pred_masks.shape[0], BELOW_SELECT_THR, dtype=np.int64)
@@ -444,8 +465,9 @@ class VideoTracker:
                                 config.frame_weight)
         return hungarian_match(match_scores, config.match_score_thr)
 
-    def _record_entries(self, ids: np.ndarray, frame_index: int) -> None:
-        """Update the released ``video_dict`` bookkeeping and drop noise entries.
+    def _record_entries(self, ids: np.ndarray, frame_index: int) -> np.ndarray:
+        """Update the released ``video_dict`` bookkeeping and drop noise entries; returns the entry of
+        each id in this frame.
 
         Entries live in capacity-doubling arrays (the first ``_num_entries`` rows are used). Only an
         entry seen fewer than ``suppress_frame_num`` times can be dropped as noise, so the noise test
@@ -488,12 +510,12 @@ class VideoTracker:
                 self._entry_of_track[self._entry_track[noise]] = -1
                 young = young[self._entry_alive[young]]
         self._young_entries = young
+        return entries
 
-    @torch.no_grad()
-    def current_tracks(self) -> VideoTracks:
-        """The video-level outputs for the frames seen so far (see :class:`VideoTracks`)."""
-        if self._num_frames == 0:
-            raise RuntimeError("VideoTracker.current_tracks(): no frame has been tracked yet")
+    def _output_records(self) -> tuple[np.ndarray, Tensor, np.ndarray, np.ndarray, np.ndarray, Tensor]:
+        """The video-level rows for the frames seen so far: (surviving entries (N,) in creation order,
+        their track ids (N,), and for every record that counts, ordered by (row, frame): its row, its
+        frame, its index among all records; pred_logits (N, K+1))."""
         num_frames = self._num_frames
         live_entries = np.flatnonzero(self._entry_alive[: self._num_entries])
         num_tracks = live_entries.size
@@ -513,11 +535,6 @@ class VideoTracker:
         used = used[np.lexsort((record_frames[used], record_row[used]))]
         rows, frames = record_row[used], record_frames[used]
 
-        # Where each used record's mask sits in its frame's mask tensor.
-        record_mask_rows = np.concatenate(self._frame_mask_rows)
-        mask_rows = np.full((num_tracks, num_frames), -1, dtype=np.int64)
-        mask_rows[rows, frames] = record_mask_rows[used]
-
         all_logits = torch.cat(self._frame_logits)
         logits = all_logits.index_select(0, torch.from_numpy(used).to(all_logits.device))
         counts = np.bincount(rows, minlength=num_tracks)
@@ -531,12 +548,71 @@ class VideoTracker:
             padded = all_logits.new_full((num_tracks, num_frames, all_logits.shape[1]), float("-inf"))
             padded[torch.from_numpy(rows).to(logits.device), torch.from_numpy(frames).to(logits.device)] = logits
             pred_logits = padded.max(dim=1).values
+        return live_entries, torch.from_numpy(track_ids.copy()), rows, frames, used, pred_logits
+
+    @torch.no_grad()
+    def current_tracks(self) -> VideoTracks:
+        """The video-level outputs for the frames seen so far (see :class:`VideoTracks`)."""
+        if self._num_frames == 0:
+            raise RuntimeError("VideoTracker.current_tracks(): no frame has been tracked yet")
+        if self._num_settled:
+            raise RuntimeError("VideoTracker.current_tracks(): the masks of settled frames were handed out "
+                               "(take_settled_frames); use end_of_video() for the scores")
+        live_entries, track_ids, rows, frames, used, pred_logits = self._output_records()
+        # Where each used record's mask sits in its frame's mask tensor.
+        record_mask_rows = np.concatenate(self._frame_mask_rows)
+        mask_rows = np.full((live_entries.size, self._num_frames), -1, dtype=np.int64)
+        mask_rows[rows, frames] = record_mask_rows[used]
         # The per-frame mask tensors are never modified after their frame: sharing them is safe.
-        return VideoTracks(torch.from_numpy(track_ids.copy()), pred_logits,
-                           frame_masks=tuple(self._frame_masks), mask_rows=torch.from_numpy(mask_rows))
+        return VideoTracks(track_ids, pred_logits, frame_masks=tuple(self._frame_masks),
+                           mask_rows=torch.from_numpy(mask_rows))
+
+    # -- streaming outputs ---------------------------------------------------------------------
+    # A frame's part of the outputs can change later only through the noise filter, which drops
+    # "young" entries (seen fewer than suppress_frame_num times) with all their records. An entry
+    # seen that often is never dropped, and a dropped one never comes back (its track starts a new
+    # entry), so a frame is settled once none of its records belongs to a young live entry. A young
+    # entry is decided within about noise_frame_num + suppress_frame_num * none_frame_num frames, so
+    # a streaming caller holds a bounded number of unsettled frames, whatever the video's length.
+
+    @torch.no_grad()
+    def take_settled_frames(self) -> list[SettledFrame]:
+        """The frames (oldest first, each once) whose part of the video-level outputs no later frame
+        can change: the masks and logits of the records that will be in the final rows. Their masks
+        are released from the tracker. After :meth:`end_of_video`, every remaining frame."""
+        settled = []
+        suppress = self.config.suppress_frame_num
+        while self._num_settled < self._num_frames:
+            frame = self._num_settled
+            entries = self._frame_entries[frame]
+            alive = self._entry_alive[entries]
+            if not self._finalized and bool(np.any(alive & (self._entry_count[entries] < suppress))):
+                break
+            keep = np.flatnonzero(alive)
+            masks = self._frame_masks[frame]
+            rows = torch.from_numpy(self._frame_mask_rows[frame][keep]).to(masks.device)
+            logits = self._frame_logits[frame]
+            settled.append(SettledFrame(frame, entries[keep].copy(), self._frame_ids[frame][keep].copy(),
+                                        masks.index_select(0, rows),
+                                        logits.index_select(0, torch.from_numpy(keep).to(logits.device))))
+            self._frame_masks[frame] = None  # released (a clip's mask tensor goes with its last frame)
+            self._num_settled += 1
+        return settled
+
+    @torch.no_grad()
+    def end_of_video(self) -> tuple[np.ndarray, Tensor, Tensor]:
+        """End a streamed video: (surviving entries (N,) in row order, their track ids (N,), the
+        temporal pred_logits (N, K+1)), the same rows and scores as :meth:`finalize`; the remaining
+        frames are then settled (:meth:`take_settled_frames`)."""
+        if self._num_frames == 0:
+            raise RuntimeError("VideoTracker.end_of_video(): no frame has been tracked yet")
+        self._finalized = True
+        live_entries, track_ids, _, _, _, pred_logits = self._output_records()
+        return live_entries, track_ids, pred_logits
 
     def finalize(self) -> VideoTracks:
-        """End of the video: the final outputs; the tracker accepts no more frames."""
+        """End of the video: the final outputs; the tracker accepts no more frames. (A streaming
+        caller uses :meth:`take_settled_frames` and :meth:`end_of_video` instead.)"""
         tracks = self.current_tracks()
         self._finalized = True
         return tracks

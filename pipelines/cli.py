@@ -17,6 +17,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("pipelines.data.cli", "Synthesise, ingest, inspect and export VIS datasets (YTVIS/OVIS/COCO, Parquet shards)."),
     "train": ("pipelines.train.command", "Train an experiment on Ray Train (checkpoints, resume, MLflow run, registered model)."),
     "predict": ("pipelines.inference.command", "Run a model over a split on Ray Data: results JSON, CodaLab zip, metrics, output cache."),
+    "zoo": ("pipelines.zoo.command", "The published CTVIS models: list them, import official weights into the MLflow registry, show entries."),
+    "infer": ("pipelines.inference.infer_command", "Run a model on your video (mp4 / frames, online, bounded memory): overlay mp4 + tracks.json."),
     "tune": ("pipelines.tune.command", "Ray Tune sweeps: training-time (ASHA, nested MLflow runs) or tracker settings on an output cache."),
 }
 

@@ -156,6 +156,12 @@ def resolve_split(
     return SplitInfo(name=name, format="ytvis", annotations=annotations, frames_root=frames_root, categories=None)
 
 
+def split_categories(name: str) -> Optional[tuple[Category, ...]]:
+    """The category table of catalog split `name` (None for a name the catalog does not know)."""
+    entry = _SPLITS.get(name)
+    return entry[3] if entry is not None else None
+
+
 def contiguous_index(categories: tuple[Category, ...]) -> dict[int, int]:
     """Dataset category id -> contiguous class index (ids sorted ascending), as detectron2 does."""
     return {cid: i for i, cid in enumerate(sorted(c.id for c in categories))}

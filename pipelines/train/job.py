@@ -205,7 +205,16 @@ def _register(experiment: Any, mlflow_run: Any, val_metrics: dict[str, float], f
     description = (f"{experiment.name}: {final_step} steps, final loss {final_loss:.4f}. "
                    f"Validation ({experiment.eval.benchmark}, x100): {metrics_text or 'not run'}. "
                    f"MLflow run {mlflow_run.run_id}; config hash {experiment.config_hash()}.")
-    tags = {k.replace("/", "_"): f"{v:.4f}" for k, v in val_metrics.items()}
+    from pipelines.zoo.registry import zoo_tags
+
+    network = experiment.model.network
+    # The zoo's tag names (backbone, benchmark, queries, AP...), so that trained and published models
+    # compare side by side in the MLflow UI.
+    tags = zoo_tags(network.backbone.kind, (experiment.data.val.name if experiment.data.val else "none"),
+                    network.transformer_decoder.num_queries,
+                    {k.split("/", 1)[-1]: v for k, v in val_metrics.items()
+                     if k.split("/", 1)[-1] in ("AP", "AP50", "AP75", "AR1", "AR10", "AP_S", "AP_L")}, "trained")
+    tags.update({k.replace("/", "_"): f"{v:.4f}" for k, v in val_metrics.items()})
     tags.update({"final_step": final_step, "final_loss": f"{final_loss:.6f}", "config_hash": experiment.config_hash(),
                  "model_preset": experiment.model_preset})
     return mlflow_run.register_model(name, "model", description=description, tags=tags)

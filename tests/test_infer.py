@@ -18,20 +18,22 @@ EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
 NUM_FRAMES, HEIGHT, WIDTH = 17, 91, 125  # odd sizes: the mp4 keeps 90x124; 17 frames = 3 clips of 5 + 2
 
 
-def synthetic_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """uint8 (T, H, W, 3): two textured shapes moving over a gradient."""
-    rng = np.random.default_rng(seed)
+def synthetic_frame(t: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (H, W, 3) frame t: two textured shapes moving over a gradient."""
     ys, xs = np.mgrid[0:height, 0:width]
-    background = np.stack([xs * 255 // width, ys * 255 // height, np.full_like(xs, 90)], axis=-1).astype(np.uint8)
-    frames = np.repeat(background[None], num_frames, axis=0)
-    for t in range(num_frames):
-        cy, cx = height // 3 + t % 20, width // 4 + 2 * (t % 30)
-        disc = (ys - cy) ** 2 + (xs - cx) ** 2 < (height // 6) ** 2
-        frames[t][disc] = (220, 40, 40)
-        box = (abs(ys - 2 * height // 3) < height // 8) & (abs(xs - (3 * width // 4 - t % 25)) < width // 8)
-        frames[t][box] = rng.integers(0, 80, size=(int(box.sum()), 3), dtype=np.uint8) + np.array([40, 160, 40],
-                                                                                                   dtype=np.uint8)
-    return frames
+    frame = np.stack([xs * 255 // width, ys * 255 // height, np.full_like(xs, 90)], axis=-1).astype(np.uint8)
+    cy, cx = height // 3 + t % 20, width // 4 + 2 * (t % 30)
+    disc = (ys - cy) ** 2 + (xs - cx) ** 2 < (height // 6) ** 2
+    frame[disc] = (220, 40, 40)
+    box = (abs(ys - 2 * height // 3) < height // 8) & (abs(xs - (3 * width // 4 - t % 25)) < width // 8)
+    frame[box] = rng.integers(0, 80, size=(int(box.sum()), 3), dtype=np.uint8) + np.array([40, 160, 40], np.uint8)
+    return frame
+
+
+def synthetic_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """uint8 (T, H, W, 3), see synthetic_frame."""
+    rng = np.random.default_rng(seed)
+    return np.stack([synthetic_frame(t, height, width, rng) for t in range(num_frames)])
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 6) -> None:
@@ -205,3 +207,21 @@ def test_mp4_writer_and_reader_round_trip(tmp_path):
     with open_video(str(tmp_path / "cut.mp4")) as video:
         decoded = list(video.frames())
     assert decoded[-1].problem is not None and "truncated" in decoded[-1].problem.reason
+
+
+@pytest.mark.integration
+def test_video_and_frames_on_s3_with_outputs_on_s3(s3_bucket, tmp_path, tiny_weights, user_video):
+    from pipelines import storage
+
+    storage.copy(str(user_video["mp4"]), f"s3://{s3_bucket}/videos/clip.mp4")
+    for path in user_video["folder"].iterdir():
+        storage.copy(str(path), f"s3://{s3_bucket}/frames/{path.name}")
+    code, local = _infer(tmp_path, tiny_weights, user_video["mp4"], "--score-thr", "0", "--no-overlay")
+    assert code == 0
+    expected = json.loads((local / "tracks.json").read_text())
+    for video in ("videos/clip.mp4", "frames"):
+        output = f"s3://{s3_bucket}/out/{video.split('/')[0]}"
+        assert ctvis(["infer", str(EXPERIMENT), f"s3://{s3_bucket}/{video}", f"model.weights={tiny_weights}",
+                      "--output", output, "--no-progress", "--score-thr", "0"]) == 0
+        assert storage.read_json(storage.join(output, "tracks.json")) == expected
+        assert storage.exists(storage.join(output, "overlay.mp4"))

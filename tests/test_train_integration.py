@@ -101,8 +101,11 @@ def test_train_checkpoint_validate_register_then_recover_from_a_worker_fault(s3_
 
     artifacts = {a.path for folder in ("config", "model", "results", "plots", "visualizations")
                  for a in client.list_artifacts(clean.mlflow_run_id, folder)}
-    assert {"config/resolved.yaml", "model/model.pt", "model/config.yaml", "results/val_results.json",
+    assert {"config/resolved.yaml", "model/MLmodel", "model/artifacts", "results/val_results.json",
             "results/val_metrics.json", "plots/loss_curves.png"} <= artifacts
+    # The logged model is a pyfunc around our weights, the resolved config and the class table.
+    assert {a.path for a in client.list_artifacts(clean.mlflow_run_id, "model/artifacts")} == {
+        "model/artifacts/model.pt", "model/artifacts/config.yaml", "model/artifacts/classes.json"}
     assert any(p.startswith("visualizations/video_") and p.endswith(".png") for p in artifacts)
     results = json.loads(Path(client.download_artifacts(clean.mlflow_run_id, "results/val_results.json")).read_text())
     assert {r["video_id"] for r in results} <= {1 + 100 * 12, 2 + 100 * 12}

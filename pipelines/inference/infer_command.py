@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.inference.user_video import UserVideoError, open_video
     from pipelines.weights import WeightsError
 
+    import os
+
+    # One progress bar (ours, frames/s): not MLflow's per-download bars for a registry model's files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     positional = [token for token in args.inputs if not _OVERRIDE.match(token)]
     overrides = [token for token in args.inputs if _OVERRIDE.match(token)]
     name = "ctvis infer"
@@ -87,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
             except OSError as error:
                 raise ValueError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
         staging = work if remote else Path(output)
-        loaded = load_model(model_arg, overrides, args.tracking_uri, args.device)
-        print(f"model: {loaded.description} on {loaded.device}", file=sys.stderr, flush=True)
         partial = {file: staging / f".{file}.partial" for file in OUTPUT_FILES}
         try:
-            with open_video(video_arg, fps=args.fps) as video:
+            with open_video(video_arg, fps=args.fps) as video:  # a bad video fails before the model loads
+                loaded = load_model(model_arg, overrides, args.tracking_uri, args.device)
+                print(f"model: {loaded.description} on {loaded.device}", file=sys.stderr, flush=True)
                 result = run_online(loaded, video, options, work,
                                     overlay_path=None if args.no_overlay else partial["overlay.mp4"],
                                     log=lambda line: print(f"{name}: {line}", file=sys.stderr, flush=True))

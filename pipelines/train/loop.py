@@ -14,8 +14,8 @@ One step (0-based index s; the run counts *completed* steps, 1..max_iter):
 6. every `eval_period` steps and at the end, rank 0 validates (official metrics, x100);
 7. every `checkpoint_period` steps and at the end, every rank calls `ray.train.report` (a barrier)
    and rank 0 attaches the checkpoint (`pipelines.train.state.TrainState`).
-At the end rank 0 logs the final results JSON, overlay strips of validation videos and the weights
-(``model/model.pt``, registered by the driver).
+At the end rank 0 logs the final results JSON, overlay strips of validation videos and the model, an
+MLflow pyfunc around the weights (``model/artifacts/model.pt``, registered by the driver).
 
 Resuming (after a worker failure, or a resubmitted driver): `ray.train.get_checkpoint()` gives the
 last checkpoint; model, optimizer, scheduler, scaler and step come back from it and the data stream
@@ -262,17 +262,31 @@ def train_worker(config: dict) -> None:
 
 
 def _log_final_artifacts(mlflow_run: Any, experiment: Any, model: torch.nn.Module, val_set: Any, outcome: Any) -> None:
-    """Rank 0 at the end: weights + resolved config (registered by the driver), results and overlays."""
+    """Rank 0 at the end: the model as a pyfunc (weights, resolved config, classes; registered by the
+    driver), results and overlays."""
     if not mlflow_run.enabled:
         return
     from pipelines.train import validation
 
+    import json
+
+    from pipelines.inference.online import model_categories
+    from pipelines.zoo.pyfunc import save_pyfunc_model
+
     with tempfile.TemporaryDirectory() as directory:
-        weights = Path(directory) / "model"
-        weights.mkdir()
-        torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, weights / "model.pt")
-        (weights / "config.yaml").write_text(experiment.to_yaml())
-        mlflow_run.log_artifact(weights, "model")
+        # The registered model is the same MLflow pyfunc as a zoo import (weights, resolved config,
+        # class table), so `mlflow.pyfunc.load_model`, `ctvis infer` and `ctvis predict` all take it.
+        files = Path(directory) / "files"
+        files.mkdir()
+        torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, files / "model.pt")
+        (files / "config.yaml").write_text(experiment.to_yaml())
+        if val_set is not None:
+            ids, names = val_set.category_ids, val_set.category_names
+        else:
+            ids, names = model_categories(experiment, None, experiment.model.network.num_classes)
+        (files / "classes.json").write_text(json.dumps([{"id": i, "name": n} for i, n in zip(ids, names)]))
+        save_pyfunc_model(Path(directory) / "model", files / "model.pt", files / "config.yaml", files / "classes.json")
+        mlflow_run.log_artifact(Path(directory) / "model", "model")
     if outcome is None:
         return
     mlflow_run.log_dict(outcome.results, "results/val_results.json")

@@ -107,9 +107,21 @@ class TrainingPlan:
             mlflow_run.tracking_uri, best["mlflow_run_id"], self.sweep.name, "model", aliases=["best"],
             description=f"sweep {self.sweep.name}: best trial {best['trial_id']} "
                         f"({self.sweep.resolved_metric} {best[self.sweep.resolved_metric]:.2f})",
-            tags={"sweep": self.sweep.name, "trial_id": best["trial_id"]})
+            tags={**_zoo_tags(best_experiment, best), "sweep": self.sweep.name, "trial_id": best["trial_id"]})
         log(f"best trial {best['trial_id']} registered as models:/{self.sweep.name}/{version.version} (alias best)")
         return f"models:/{self.sweep.name}/{version.version}"
+
+
+def _zoo_tags(experiment: Any, row: dict[str, Any]) -> dict[str, str]:
+    """The registry tags every CTVIS model carries (as zoo imports and `ctvis train`)."""
+    from pipelines.zoo.registry import zoo_tags
+
+    network = experiment.model.network
+    metrics = {key.split("/", 1)[-1]: float(value) for key, value in row.items()
+               if key.split("/", 1)[-1] in ("AP", "AP50", "AP75", "AR1", "AR10", "AP_S", "AP_L")
+               and isinstance(value, (int, float))}
+    return zoo_tags(network.backbone.kind, experiment.data.val.name if experiment.data.val else "none",
+                    network.transformer_decoder.num_queries, metrics, "sweep")
 
 
 def prepare(sweep: Any, sweep_dir: Path, log: Callable[[str], None], tracking_uri: Optional[str]) -> TrainingPlan:

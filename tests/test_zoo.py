@@ -1,5 +1,5 @@
 """The model zoo: `ctvis zoo list` shows the eight published rows with their figures (from
-experiments/zoo.yaml); `ctvis zoo import` registers official-format weights (generated from the
+experiments/zoo/published.yaml); `ctvis zoo import` registers official-format weights (generated from the
 reference manifest: no weights can be downloaded here) as a pyfunc model with alias `published`,
 loads back bit for bit, is a no-op for the same file; the pyfunc model equals `ctvis infer`."""
 from __future__ import annotations

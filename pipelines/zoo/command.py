@@ -1,7 +1,7 @@
 """`ctvis zoo list | import ROW --weights FILE_OR_URI | show ROW`: the published CTVIS models and the
 MLflow registry.
 
-``list`` prints the published rows (figures from experiments/zoo.yaml) and whether each is imported
+``list`` prints the published rows (figures from experiments/zoo/published.yaml) and whether each is imported
 in the registry; ``import`` registers a row's official ``.pth`` as a pyfunc model with alias
 ``published``; ``show`` prints a row's registry entry. Top-level imports stay in the standard library.
 """

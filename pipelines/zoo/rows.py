@@ -1,4 +1,5 @@
-"""The published CTVIS model zoo, read from ``experiments/zoo.yaml`` (the figures are data, not code)."""
+"""The published CTVIS model zoo, read from ``experiments/zoo/published.yaml`` (the figures are data,
+not code). Each row names its experiment YAML in ``experiments/``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,8 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-ZOO_FILE = Path(__file__).resolve().parents[2] / "experiments" / "zoo.yaml"
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+ZOO_FILE = EXPERIMENTS_DIR / "zoo" / "published.yaml"
 METRIC_ORDER = ("AP", "AP50", "AP75", "AR1", "AR10", "AP_S", "AP_L")
 
 
@@ -33,7 +35,7 @@ class ZooRow(_Strict):
 
     @property
     def experiment_path(self) -> Path:
-        return ZOO_FILE.parent / self.experiment
+        return EXPERIMENTS_DIR / self.experiment
 
     def metrics_text(self) -> str:
         return " / ".join(f"{key} {self.metrics[key]:.1f}" for key in METRIC_ORDER if key in self.metrics)

@@ -142,8 +142,11 @@ def test_masks_are_transformed_with_their_frames(kind):
 
 
 def test_video_pixels_match_detectron2_transform_order():
-    """crop -> bilinear resize -> flip with Pillow, as detectron2's transforms apply them."""
+    """crop -> bilinear resize -> flip with Pillow, as detectron2's transforms apply them: the reference.
+    The pipeline resizes with torch's uint8 antialiased bilinear kernel; the tolerance is 1 intensity
+    level per value, with at most 1% of the values off by one (measured: 0.1-0.6% on 720p frames)."""
     row = _row()
+    off_by_one = total = 0
     for seed in range(10):
         plan = A.plan_clip("video", seed, 60, 80, 3, VIDEO)
         clip = A.augment_clip(row, [1, 2, 4], "video", seed, VIDEO, {3: 0, 5: 1})
@@ -154,7 +157,11 @@ def test_video_pixels_match_detectron2_transform_order():
                 im = im.crop((x, y, x + cw, y + ch))
             im = im.resize(plan.out_size[::-1], Image.BILINEAR)
             expected = np.asarray(im)[:, ::-1] if plan.flip else np.asarray(im)
-            assert np.array_equal(clip["frames"][t].transpose(1, 2, 0), expected)
+            difference = np.abs(clip["frames"][t].transpose(1, 2, 0).astype(int) - expected)
+            assert difference.max() <= 1, (seed, t, difference.max())
+            off_by_one += int(np.count_nonzero(difference))
+            total += difference.size
+    assert off_by_one <= 0.01 * total, off_by_one / total
 
 
 def test_mask_index_maps_equal_pillow_nearest():

@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctvis-installed
 
-.PHONY: setup test test-fast demo bench clean-runs lock
+.PHONY: setup test test-fast demo bench gpu-check clean-runs lock
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pipelines.demo
+
+# On a CUDA machine: the parity tests on the GPU (TF32 off), a timed R50 training step (fp32, AMP) and
+# a 36-frame inference, one JSON line. Without a GPU it says so and exits 0.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,4 +1,5 @@
-"""Forward parity with the original CTVIS (fixtures in ../shared/reference/model), float32 CPU.
+"""Forward parity with the original CTVIS (fixtures in ../shared/reference/model), float32 on the CPU (or on
+CUDA with TF32 off: CTVIS_PARITY_DEVICE=cuda, as `make gpu-check` runs it).
 
 The official state dicts are regenerated with the README's deterministic generator, converted
 with models.checkpoint and loaded into our models (the composite presets); the network outputs
@@ -7,6 +8,8 @@ the whole-video inference (``CTVISModel.infer_video`` = the released ``inference
 tracker + ``inference_video``). Each big model is built and loaded once per module.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -24,15 +27,23 @@ LOGIT_TOL = dict(atol=2e-5, rtol=1e-4)  # logits, embeddings, queries
 FEATURE_TOL = dict(atol=1e-4, rtol=1e-4)  # features and mask logits
 
 
+# CTVIS_PARITY_DEVICE=cuda runs the same comparisons on a GPU (TF32 off), as `make gpu-check` does.
+DEVICE = torch.device(os.environ.get("CTVIS_PARITY_DEVICE", "cpu"))
+if DEVICE.type == "cuda" and not torch.cuda.is_available():
+    pytest.skip("CTVIS_PARITY_DEVICE=cuda but no CUDA device", allow_module_level=True)
+
+
 def _run(reference_dir, model, preset, clip):
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     folder = reference_dir / "model"
     ctvis = build_model(preset()).eval()
     official = generate_official_state_dict(load_manifest(folder / f"manifest_{model}_ytvis19.json"))
     report = ctvis.load_official_checkpoint(official)
     del official
+    ctvis = ctvis.to(DEVICE)
     network = ctvis.network
-    frames = torch.from_numpy(np.load(folder / "input_frames.npz")[clip])
+    frames = torch.from_numpy(np.load(folder / "input_frames.npz")[clip]).to(DEVICE)
     with torch.no_grad():
         images, sizes = network.preprocess(frames)
         outputs = network(images, return_intermediates=True)
@@ -54,7 +65,7 @@ def _flat(outputs):
     flat["aux_pred_embeds"] = torch.stack([aux.embeds for aux in outputs.aux])
     for layer, logits in enumerate(outputs.attn_mask_logits):
         flat[f"attn_mask_logits_layer{layer}"] = logits
-    return {name: value.numpy() for name, value in flat.items()}
+    return {name: value.detach().cpu().numpy() for name, value in flat.items()}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +98,7 @@ def test_official_weights_load_completely(request, run_name):
 
 def test_r50_preprocess_matches(r50_clip_a):
     assert r50_clip_a["sizes"] == [(128, 160), (128, 160)]
-    np.testing.assert_array_equal(r50_clip_a["images"].numpy(), r50_clip_a["ref"]["images_normalized_padded"])
+    np.testing.assert_array_equal(r50_clip_a["images"].cpu().numpy(), r50_clip_a["ref"]["images_normalized_padded"])
 
 
 @pytest.mark.parametrize("name", ["pred_logits", "pred_embeds", "pred_queries", "aux_pred_logits", "aux_pred_embeds"])
@@ -161,9 +172,9 @@ def test_infer_video_matches_released_inference_model(request, run_name):
     run = request.getfixturevalue(run_name)
     ref, video = run["ref"], run["video"]
     assert video.image_size == tuple(int(v) for v in ref["image_size_unpadded"])
-    np.testing.assert_array_equal(video.labels.numpy(), ref["video_pred_labels"])
-    np.testing.assert_allclose(video.scores.numpy(), ref["video_pred_scores"], rtol=0, atol=1e-6)
-    masks = video.masks.numpy()
+    np.testing.assert_array_equal(video.labels.cpu().numpy(), ref["video_pred_labels"])
+    np.testing.assert_allclose(video.scores.cpu().numpy(), ref["video_pred_scores"], rtol=0, atol=1e-6)
+    masks = video.masks.cpu().numpy()
     expected = _unpack_masks(ref)
     assert masks.shape == expected.shape
     differing = int((masks != expected).sum())

@@ -17,6 +17,7 @@ measures on the same cores:
                 pipeline's
 
 Prints one JSON line. Run: python benchmarks/bench_data.py [--videos 24 --frames 24 --clips 96]
+[--storage s3|local] (local: the same pipeline without the moto server's CPU on the same cores)
 """
 from __future__ import annotations
 
@@ -65,17 +66,23 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--decoders", type=int, default=None, help="decoder actors (default: cpus)")
     parser.add_argument("--serial-clips", type=int, default=12)
+    parser.add_argument("--storage", choices=("s3", "local"), default="s3",
+                        help="shards on the moto S3 server (a Python process on the same cores) or local files")
     args = parser.parse_args()
 
     from tests import services
 
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
-    with services.moto_server(work) as s3:
-        os.environ.update(s3.env)
-        os.environ.update(services.ray_loopback_env(work / "home"))
-        (work / "home").mkdir(exist_ok=True)
-        s3.client().create_bucket(Bucket="bench")
-        result = run(args, "s3://bench")
+    os.environ.update(services.ray_loopback_env(work / "home"))
+    (work / "home").mkdir(exist_ok=True)
+    if args.storage == "local":
+        result = run(args, str(work / "data"))
+    else:
+        with services.moto_server(work) as s3:
+            os.environ.update(s3.env)
+            s3.client().create_bucket(Bucket="bench")
+            result = run(args, "s3://bench")
+    result["storage"] = args.storage
     print(json.dumps(result))
 
 

@@ -104,3 +104,18 @@ def test_model_online_inference_equals_infer_video():
     rest, result = online.finish()
     assert len(expected) == result.labels.size > 0
     _assert_same_instances(settled + rest, result, expected, 13)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_online_inference_on_cuda_equals_the_whole_video_path():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    logits, masks, embeds = (t.cuda() for t in synthetic_detections(20, num_queries=24, num_classes=6,
+                                                                      mask_size=(24, 40), seed=9))
+    padded, image, output = (96, 160), (90, 150), (71, 113)
+    frames, result = _run_online(TrackerConfig(), logits, masks, embeds, 4, padded, image, output, num_topk=12)
+    expected, _ = track_and_postprocess(_clips(logits, masks, embeds, 5), padded, TrackerConfig(), image, output,
+                                        num_topk=12, mask_storage_device="cpu")
+    expected.scores, expected.labels = expected.scores.cpu(), expected.labels.cpu()
+    _assert_same_instances(frames, result, expected, 20)

@@ -108,3 +108,54 @@ def test_import_registers_a_pyfunc_that_loads_back_and_runs_like_ctvis_infer(mlf
     frames = np.stack(decode_mp4(video)[0])
     in_memory = model.unwrap_python_model().predict_frames(frames, params)
     assert [{k: v for k, v in t.items() if k != "video"} for t in in_memory] == expected
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_zoo_import_and_infer_keep_secrets_out_of_outputs_runs_and_artifacts(mlflow_server, s3_bucket, official_r50,
+                                                                            tmp_path):
+    """A sentinel AWS secret and MLflow token in the environment, weights and video on S3, outputs on
+    S3: neither value appears in what the commands print, in the MLflow run (params, tags,
+    artifacts), in the registry entry, or in the files written."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import storage
+
+    secret, token = "SENTINEL-aws-7c6b5a", "SENTINEL-token-3e2d1c"
+    uri = mlflow_server.tracking_uri
+    storage.copy(str(official_r50), f"s3://{s3_bucket}/weights/CTVIS_R50_YTVIS21.pth")
+    video = tmp_path / "short.mp4"
+    write_mp4(video, synthetic_frames(4, 48, 64, seed=2))
+    storage.copy(str(video), f"s3://{s3_bucket}/videos/short.mp4")
+    # moto accepts any secret: the sentinel is the one every S3 request of the commands signs with.
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "MLFLOW_TRACKING_TOKEN": token}
+    printed = ""
+    for arguments in (["zoo", "--tracking-uri", uri, "import", "ctvis_r50_ytvis21", "--weights",
+                       f"s3://{s3_bucket}/weights/CTVIS_R50_YTVIS21.pth"],
+                      ["infer", "models:/ctvis_r50_ytvis21@published", f"s3://{s3_bucket}/videos/short.mp4",
+                       "--output", f"s3://{s3_bucket}/out", "--tracking-uri", uri, "--max-size", "64",
+                       "--no-progress"]):
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *arguments], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        printed += done.stdout + done.stderr
+    written = [storage.read_text(storage.join(f"s3://{s3_bucket}/out", name)) for name in ("tracks.json",
+                                                                                          "summary.json")]
+    client = MlflowClient(uri, uri)
+    version = client.get_model_version_by_alias("ctvis_r50_ytvis21", "published")
+    registered = client.get_registered_model("ctvis_r50_ytvis21")
+    run = client.get_run(version.run_id)
+    recorded = [str(run.data.params), str(run.data.tags), version.description, str(version.tags),
+                registered.description, str(registered.tags)]
+    local = tmp_path / "artifacts"
+    client.download_artifacts(version.run_id, "", str(local))
+    for path in local.rglob("*"):
+        if path.is_file() and path.suffix in (".txt", ".yaml", ".json", ".py", "") and path.stat().st_size < 10**6:
+            recorded.append(path.read_text(errors="replace"))
+    assert any("MLmodel" == p.name for p in local.rglob("*"))
+    for text in [printed, *written, *recorded]:
+        assert secret not in text and token not in text

@@ -23,11 +23,14 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 
 from pipelines.inference.user_video import DecodedFrame, FrameProblem, UserVideo, UserVideoError
+
+if TYPE_CHECKING:
+    from models.video_inference import OnlineFrame
 
 CLASSES_FILE = "classes.json"  # beside the weights: [{"id": 1, "name": "person"}, ...] in label order
 
@@ -192,7 +195,7 @@ class _FrameSink:
         self.presence: dict[int, list[int]] = {}  # entry -> [count, first, last]
         self.track_of_entry: dict[int, int] = {}
 
-    def put(self, frame: Any) -> None:
+    def put(self, frame: OnlineFrame) -> None:
         from pipelines.inference.overlay import draw_overlay
 
         masks = frame.dense_masks().numpy()                                                # (n, H, W)
@@ -225,10 +228,8 @@ def run_online(loaded: LoadedModel, video: UserVideo, options: InferOptions, wor
     from pipelines.data.augment import shortest_edge_size
     from pipelines.inference.overlay import Mp4Writer
 
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
+    from tqdm import tqdm
+
     model, experiment = loaded.model, loaded.experiment
     clip_frames = model.config.inference.num_clip_frames
     max_size = options.max_size or experiment.data.max_size_test
@@ -241,7 +242,7 @@ def run_online(loaded: LoadedModel, video: UserVideo, options: InferOptions, wor
     size = test_size = (0, 0)
     spill_path = work_dir / "masks.spill.jsonl"
     bar = (tqdm(total=video.num_frames, unit="frame", desc=Path(video.name).name[:30], disable=None, mininterval=0.5)
-           if options.progress and tqdm is not None else None)
+           if options.progress else None)
 
     def flush_clip() -> None:
         batch = torch.from_numpy(np.stack(clip)).to(loaded.device)

@@ -28,7 +28,7 @@ import sys, numpy as np, torch
 from models.model import build_model
 from pipelines.config import load_experiment
 from pipelines.data.augment import shortest_edge_size
-from pipelines.inference.online import _resize
+from pipelines.inference.videos import resize_test_frame
 from pipelines.inference.user_video import open_video
 from pipelines.weights import WeightsSource, load_weights
 experiment = load_experiment(sys.argv[1])
@@ -37,7 +37,7 @@ load_weights(model, WeightsSource(sys.argv[2], sys.argv[2]))
 with open_video(sys.argv[3]) as video:
     frames = [d.image for d in video.frames()]
 size = shortest_edge_size(*frames[0].shape[:2], experiment.data.min_size_test, experiment.data.max_size_test)
-resized = torch.from_numpy(np.stack([_resize(f, size) for f in frames]))
+resized = torch.from_numpy(np.stack([resize_test_frame(f, size) for f in frames]))
 original = frames[0].shape[:2]
 del frames
 instances = model.eval().infer_video(resized, output_size=original)

@@ -49,6 +49,23 @@ def _patched_environ(values: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Weights of the tiny model (experiments/tiny.yaml, seed 0, untrained: arbitrary but deterministic
+    outputs) in our model.pt format."""
+    import torch
+
+    from models.model import build_model
+    from pipelines.config import load_experiment
+    from pipelines.weights import WEIGHTS_FORMAT
+
+    torch.manual_seed(0)
+    model = build_model(load_experiment(PROJECT_ROOT / "experiments" / "tiny.yaml").model)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A moto S3 server subprocess on 127.0.0.1; AWS_* env points at it for the whole session."""
     workdir = tmp_path_factory.mktemp("moto")

@@ -64,20 +64,6 @@ def decode_mp4(path: Path) -> tuple[list[np.ndarray], dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    """Weights of the tiny model (seeded), in our model.pt format."""
-    from models.model import build_model
-    from pipelines.config import load_experiment
-    from pipelines.weights import WEIGHTS_FORMAT
-
-    torch.manual_seed(3)
-    model = build_model(load_experiment(EXPERIMENT).model)
-    path = tmp_path_factory.mktemp("tiny") / "model.pt"
-    torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def user_video(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("video")
     mp4 = root / "clip.mp4"
@@ -115,7 +101,7 @@ def test_mp4_and_frame_folder_give_identical_tracks_equal_to_whole_video_inferen
     from models.model import build_model
     from pipelines.config import load_experiment
     from pipelines.data.augment import shortest_edge_size
-    from pipelines.inference.online import _resize
+    from pipelines.inference.videos import resize_test_frame
     from pipelines.inference.predictor import instances_results
     from pipelines.weights import WeightsSource, load_weights
 
@@ -124,7 +110,7 @@ def test_mp4_and_frame_folder_give_identical_tracks_equal_to_whole_video_inferen
     load_weights(model, WeightsSource(str(tiny_weights), str(tiny_weights)))
     frames = user_video["frames"]
     size = shortest_edge_size(*frames.shape[1:3], experiment.data.min_size_test, experiment.data.max_size_test)
-    resized = torch.from_numpy(np.stack([_resize(f, size) for f in frames]))
+    resized = torch.from_numpy(np.stack([resize_test_frame(f, size) for f in frames]))
     instances = model.eval().infer_video(resized, output_size=frames.shape[1:3])
     expected = instances_results(1, instances, NUM_FRAMES, list(range(1, experiment.model.network.num_classes + 1)))
     assert [(t["category_id"], t["segmentations"]) for t in tracks] == \

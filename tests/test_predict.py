@@ -28,23 +28,13 @@ from pipelines.data.ingest import IngestOptions, ingest
 from pipelines.inference.job import PredictError, PredictOptions, predict_split
 from pipelines.inference.model_source import model_from_cache, resolve_model
 from pipelines.train.validation import load_validation_set, validate
-from pipelines.weights import WEIGHTS_FORMAT, WeightsError, load_weights
+from pipelines.weights import WeightsError, load_weights
 from tests import services
 from tests.conftest import PROJECT_ROOT
 from tests.test_train_integration import make_synthetic_shards
 
 TINY = PROJECT_ROOT / "experiments" / "tiny.yaml"
 TEST_SIZES = ["data.min_size_test=64", "data.max_size_test=96"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A tiny model's weights (seeded, untrained: its outputs are arbitrary but deterministic)."""
-    torch.manual_seed(0)
-    model = build_model(load_experiment(TINY).model)
-    path = tmp_path_factory.mktemp("weights") / "model.pt"
-    torch.save({"format": WEIGHTS_FORMAT, "model": model.state_dict()}, path)
-    return path
 
 
 def _model(weights: Path, *overrides: str):
@@ -85,9 +75,9 @@ def in_process_results(model, split: str, max_videos: int | None = None) -> list
 
 @pytest.mark.integration
 def test_two_ray_workers_give_the_in_process_results_and_the_cache_replays_them(ray_local, s3_bucket, mlflow_server,
-                                                                                 weights):
+                                                                                 tiny_weights):
     split, _ = make_synthetic_shards(f"s3://{s3_bucket}/data")
-    model = _model(weights)
+    model = _model(tiny_weights)
     lines: list[str] = []
     options = PredictOptions(output=f"s3://{s3_bucket}/predict", workers=2, overlays=1,
                              tracking_uri=mlflow_server.tracking_uri)
@@ -133,14 +123,14 @@ def test_two_ray_workers_give_the_in_process_results_and_the_cache_replays_them(
 
 
 @pytest.mark.integration
-def test_a_killed_job_run_again_finishes_with_the_same_results(weights, tmp_path):
+def test_a_killed_job_run_again_finishes_with_the_same_results(tiny_weights, tmp_path):
     split = _split(str(tmp_path / "data"), videos=8)
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, **services.ray_loopback_env(home)}
     env.pop("RAY_ADDRESS", None)
     output = tmp_path / "predict"
-    command = [sys.executable, "-m", "pipelines.cli", "predict", str(TINY), split, f"model.weights={weights}",
+    command = [sys.executable, "-m", "pipelines.cli", "predict", str(TINY), split, f"model.weights={tiny_weights}",
                *TEST_SIZES, "--output", str(output), "--workers", "1", "--overlays", "0",
                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -164,18 +154,18 @@ def test_a_killed_job_run_again_finishes_with_the_same_results(weights, tmp_path
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"8 videos of synth_test, {done_before} already done, {8 - done_before} to run" in second.stderr
     assert f"{done_before} reused" in second.stdout
-    expected = _in_process(_model(weights), split)
+    expected = _in_process(_model(tiny_weights), split)
     assert json.loads((output / "results.json").read_text()) == expected.results
 
 
 @pytest.mark.integration
-def test_a_registered_model_over_a_split_without_annotations(ray_local, mlflow_server, weights, tmp_path):
+def test_a_registered_model_over_a_split_without_annotations(ray_local, mlflow_server, tiny_weights, tmp_path):
     from pipelines.mlflow_runs import MlflowRun
 
     experiment = load_experiment(TINY, TEST_SIZES)
     registered = tmp_path / "model"
     registered.mkdir()
-    (registered / "model.pt").write_bytes(weights.read_bytes())
+    (registered / "model.pt").write_bytes(tiny_weights.read_bytes())
     (registered / "config.yaml").write_text(experiment.to_yaml())
     mlflow_run = MlflowRun(mlflow_server.tracking_uri)
     mlflow_run.start("predict-registry", run_name="register")
@@ -219,16 +209,16 @@ def _corrupt_frame(split: str, video_index: int, frame: int) -> int:
 
 
 @pytest.mark.integration
-def test_bad_input_is_named_before_or_while_working(ray_local, weights, tmp_path):
+def test_bad_input_is_named_before_or_while_working(ray_local, tiny_weights, tmp_path):
     split = _split(str(tmp_path / "data"), videos=3)
     # A model of another dataset: an error before anything runs or is written.
-    other = _model(weights, "model.network.num_classes=5")
+    other = _model(tiny_weights, "model.network.num_classes=5")
     with pytest.raises(PredictError, match=r"predicts 5 classes but the split synth_test .* has 3 categories"):
         predict_split(other, split, PredictOptions(output=str(tmp_path / "other")), log=lambda line: None)
     assert not (tmp_path / "other").exists()
 
     broken = _corrupt_frame(split, 1, 2)
-    model = _model(weights)
+    model = _model(tiny_weights)
     options = PredictOptions(output=str(tmp_path / "predict"), overlays=0, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     with pytest.raises(PredictError, match=rf"video {broken} frame 2 \(.*\): cannot decode the frame"):
         predict_split(model, split, options, log=lambda line: None)
@@ -240,18 +230,18 @@ def test_bad_input_is_named_before_or_while_working(ray_local, weights, tmp_path
         np.delete(storage.read_json(f"{split}/manifest.json")["video_index"]["video_id"], 1).tolist())
 
     with pytest.raises(PredictError, match="holds the results of another job"):
-        predict_split(_model(weights, "model.tracker.match_score_thr=0.5"), split,
+        predict_split(_model(tiny_weights, "model.tracker.match_score_thr=0.5"), split,
                       dataclasses.replace(options, on_error="skip"), log=lambda line: None)
 
 
-def test_model_arguments_resolve_or_say_what_is_missing(weights, tmp_path):
+def test_model_arguments_resolve_or_say_what_is_missing(tiny_weights, tmp_path):
     """MODEL as a checkpoint directory (its config.yaml and state.pt), as a YAML without weights, or
     as something else: resolved, or an error saying what to pass."""
     from pipelines.config import ConfigError
 
     checkpoint = tmp_path / "checkpoint_step0000010"
     checkpoint.mkdir()
-    tensors = torch.load(weights, weights_only=True)["model"]
+    tensors = torch.load(tiny_weights, weights_only=True)["model"]
     torch.save({"format_version": 1, "model": tensors}, checkpoint / "state.pt")
     with pytest.raises(WeightsError, match="has no config.yaml .* run it as EXPERIMENT.yaml model.weights="):
         resolve_model(str(checkpoint))
@@ -265,6 +255,6 @@ def test_model_arguments_resolve_or_say_what_is_missing(weights, tmp_path):
     with pytest.raises(ConfigError, match="add model.weights=URI"):
         resolve_model(str(TINY))
     with pytest.raises(ConfigError, match="model.weights is for an experiment YAML"):
-        resolve_model(str(checkpoint), [f"model.weights={weights}"])
+        resolve_model(str(checkpoint), [f"model.weights={tiny_weights}"])
     with pytest.raises(WeightsError, match="no such weights file or checkpoint directory"):
         resolve_model(str(tmp_path / "nothing-here"))

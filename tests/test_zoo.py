@@ -32,7 +32,7 @@ def test_zoo_list_shows_every_published_row(tmp_path, capsys):
         line = next(line for line in out.splitlines() if line.startswith(row.name + " "))
         for value in row.metrics.values():
             assert f"{value:.1f}" in line
-        assert line.endswith("not imported") and (Path("experiments") / row.experiment).is_file()
+        assert line.endswith("not imported") and row.experiment_path.is_file()
     assert sum(len(row.metrics) for row in zoo.rows) == 6 * 5 + 2 * 3  # AP..AR10, and AP/AP_S/AP_L for 2022
 
 

@@ -43,10 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-name", default=None, help="MLflow run name (default: predict-<experiment>)")
 
 
+def split_overrides(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """(positional arguments, ``key.sub=value`` overrides), each in the order given (`ctvis predict`
+    and `ctvis infer`)."""
+    return ([token for token in inputs if not _OVERRIDE.match(token)],
+            [token for token in inputs if _OVERRIDE.match(token)])
+
+
 def split_inputs(inputs: list[str], from_cache: bool) -> tuple[str | None, str, list[str]]:
     """(MODEL or None, SPLIT_SHARDS, overrides) from the positional arguments."""
-    positional = [token for token in inputs if not _OVERRIDE.match(token)]
-    overrides = [token for token in inputs if _OVERRIDE.match(token)]
+    positional, overrides = split_overrides(inputs)
     expected = 1 if from_cache else 2
     if len(positional) != expected:
         usage = "SPLIT_SHARDS (the model comes from the cache)" if from_cache else "MODEL SPLIT_SHARDS"

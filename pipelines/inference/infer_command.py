@@ -10,13 +10,11 @@ when the run succeeds. Top-level imports stay in the standard library.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.\-]*=")
 OUTPUT_FILES = ("overlay.mp4", "summary.json", "tracks.json")  # tracks.json last: it marks a finished run
 
 
@@ -63,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines import storage
     from pipelines.config import ConfigError
+    from pipelines.inference.command import split_overrides
     from pipelines.inference.online import InferOptions, load_model, run_online
     from pipelines.inference.user_video import UserVideoError, open_video
     from pipelines.weights import WeightsError
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     # One progress bar (ours, frames/s): not MLflow's per-download bars for a registry model's files.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    positional = [token for token in args.inputs if not _OVERRIDE.match(token)]
-    overrides = [token for token in args.inputs if _OVERRIDE.match(token)]
+    positional, overrides = split_overrides(args.inputs)
     name = "ctvis infer"
     if len(positional) != 2:
         print(f"{name}: error: expected MODEL VIDEO, got {len(positional)} argument(s): "

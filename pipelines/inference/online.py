@@ -165,16 +165,6 @@ def _build(experiment: Any, weights: Any, device: Optional[str], description: st
     return LoadedModel(network.to(target).eval(), experiment, ids, names, description, target)
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (3, h, w), bilinear as the test mapper (Pillow)."""
-    from PIL import Image
-
-    height, width = size
-    if image.shape[:2] != (height, width):
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    return image.transpose(2, 0, 1)
-
-
 def _encode(masks: np.ndarray) -> list[str]:
     """bool (n, H, W) -> compressed RLE counts strings."""
     from pycocotools import mask as mask_utils
@@ -227,6 +217,7 @@ def run_online(loaded: LoadedModel, video: UserVideo, options: InferOptions, wor
 
     from pipelines.data.augment import shortest_edge_size
     from pipelines.inference.overlay import Mp4Writer
+    from pipelines.inference.videos import resize_test_frame
 
     from tqdm import tqdm
 
@@ -276,7 +267,7 @@ def run_online(loaded: LoadedModel, video: UserVideo, options: InferOptions, wor
                 frame_indices.append(decoded.index)
                 if writer is not None:
                     pending[position] = decoded.image
-                clip.append(_resize(decoded.image, test_size))
+                clip.append(resize_test_frame(decoded.image, test_size))
                 if len(clip) == clip_frames:
                     flush_clip()
             if online is None:

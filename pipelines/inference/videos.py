@@ -53,10 +53,16 @@ class TestVideo:
         return np.stack([np.asarray(decode_image(data)) for data in self.encoded_frames])
 
 
-def _resize_frame(image, size: tuple[int, int]) -> np.ndarray:
+def resize_test_frame(image, size: tuple[int, int]) -> np.ndarray:
+    """An RGB frame (PIL image or uint8 (H, W, 3)) -> uint8 (3, h, w) at the test size, bilinear with
+    Pillow as detectron2's test mapper (`ctvis predict`, validation and `ctvis infer` alike)."""
     from PIL import Image
 
     height, width = size
+    if isinstance(image, np.ndarray):
+        if image.shape[:2] == (height, width):
+            return image.transpose(2, 0, 1)
+        image = Image.fromarray(image)
     if (image.height, image.width) != (height, width):
         image = image.resize((width, height), Image.BILINEAR)
     return np.asarray(image).transpose(2, 0, 1)
@@ -78,7 +84,7 @@ def read_test_video(reader: ShardReader, ref: VideoRef, min_size_test: int, max_
         if (image.height, image.width) != (height, width):
             raise VideoDecodeError(f"{where}: the frame is {image.height}x{image.width}, the video {height}x{width}",
                                    ref.video_id, index)
-        frames.append(_resize_frame(image, size))
+        frames.append(resize_test_frame(image, size))
     if not frames:
         raise VideoDecodeError(f"video {ref.video_id} ({storage.redact(ref.shard_uri)} row {ref.row}): no frames",
                                ref.video_id, 0)

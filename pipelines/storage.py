@@ -62,6 +62,56 @@ class S3Options:
         return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How every S3 client of the project retries and times out: botocore (s3fs: manifests, frames,
+    outputs), s3fs's own retry of a failed body read, and the AWS SDK inside pyarrow (Parquet shards,
+    Ray Data, Ray Train checkpoints). One policy, read here and nowhere else.
+
+    A transient fault (connection refused or reset, a response cut off mid-body, 503 SlowDown, a
+    timeout) is retried with the SDKs' exponential backoff, up to `max_attempts` attempts per request.
+    A persistent outage therefore ends in an error naming the URI and the endpoint after roughly
+    `max_attempts` backoffs (measured with the default: 10-25 s per request, see the README's
+    "Failure behaviour"). ``CTVIS_S3_MAX_ATTEMPTS``, ``CTVIS_S3_CONNECT_TIMEOUT_S`` and
+    ``CTVIS_S3_READ_TIMEOUT_S`` override the defaults (Ray workers inherit them with the AWS_* variables).
+    """
+
+    max_attempts: int = 6
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> "RetryPolicy":
+        def number(name: str, default, kind):
+            value = os.environ.get(name)
+            if value in (None, ""):
+                return default
+            try:
+                parsed = kind(value)
+            except ValueError:
+                raise StorageError(f"{name}={value!r}: expected a {kind.__name__}") from None
+            if parsed <= 0:
+                raise StorageError(f"{name}={value!r}: must be positive")
+            return parsed
+
+        base = cls()
+        return cls(max_attempts=number("CTVIS_S3_MAX_ATTEMPTS", base.max_attempts, int),
+                   connect_timeout_s=number("CTVIS_S3_CONNECT_TIMEOUT_S", base.connect_timeout_s, float),
+                   read_timeout_s=number("CTVIS_S3_READ_TIMEOUT_S", base.read_timeout_s, float))
+
+    def botocore_config(self) -> dict[str, Any]:
+        """`config_kwargs` for s3fs (botocore's standard mode: exponential backoff with jitter,
+        throttling errors such as SlowDown included)."""
+        return {"retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "connect_timeout": self.connect_timeout_s, "read_timeout": self.read_timeout_s}
+
+    def pyarrow_kwargs(self) -> dict[str, Any]:
+        import pyarrow.fs as pafs
+
+        return {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=self.max_attempts),
+                "connect_timeout": self.connect_timeout_s, "request_timeout": self.read_timeout_s}
+
+
 _default_options = S3Options()
 _options_lock = threading.Lock()
 _fs_cache: dict[tuple, Any] = {}
@@ -130,7 +180,9 @@ def filesystem(uri: str, options: Optional[S3Options] = None):
 
 
 def _s3fs(options: S3Options):
-    key = ("s3fs", options, os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_ENDPOINT_URL_S3"), os.getpid())
+    retry = RetryPolicy.from_env()
+    key = ("s3fs", options, retry, os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_ENDPOINT_URL_S3"),
+           os.getpid())
     with _options_lock:
         fs = _fs_cache.get(key)
         if fs is None:
@@ -145,8 +197,7 @@ def _s3fs(options: S3Options):
                 # Other processes (Ray workers, the MLflow server) write and delete under the same
                 # prefixes: a cached directory listing would go stale, so always ask S3.
                 "use_listings_cache": False,
-                # botocore's standard retry mode (exponential backoff) for throttling/transient errors
-                "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}},
+                "config_kwargs": retry.botocore_config(),
             }
             if options.resolved_endpoint():
                 kwargs["endpoint_url"] = options.resolved_endpoint()
@@ -156,6 +207,7 @@ def _s3fs(options: S3Options):
                 kwargs["key"] = options.access_key_id
                 kwargs["secret"] = options.secret_access_key
             fs = s3fs.S3FileSystem(**kwargs)
+            fs.retries = retry.max_attempts  # s3fs's own retry of a body read cut off mid-way (a class attribute)
             _fs_cache[key] = fs
         return fs
 
@@ -172,7 +224,7 @@ def pyarrow_filesystem(uri: str, options: Optional[S3Options] = None):
     if scheme == "file":
         return pafs.LocalFileSystem(), path
     options = options or _default_options
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = RetryPolicy.from_env().pyarrow_kwargs()
     endpoint = options.resolved_endpoint()
     if endpoint:
         parsed = urlsplit(endpoint)
@@ -187,12 +239,20 @@ def pyarrow_filesystem(uri: str, options: Optional[S3Options] = None):
 
 
 # --------------------------------------------------------------------------------------------
+def failure(uri: str, op: str, exc: BaseException) -> StorageError:
+    """`exc` (from any client: s3fs, pyarrow) as a StorageError naming the URI and, on S3, the endpoint."""
+    return _wrap(uri, op, exc)
+
+
 def _wrap(uri: str, op: str, exc: BaseException) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     if isinstance(exc, FileNotFoundError):
         return StorageNotFound(f"{redact(uri)}: not found ({op})")
-    return StorageError(f"{redact(uri)}: {op} failed: {redact(f'{type(exc).__name__}: {exc}')}")
+    where = ""
+    if split_uri(uri)[0] == "s3":  # an outage is read from the endpoint and the bucket
+        where = f" (S3 endpoint {redact(_default_options.resolved_endpoint() or 'AWS default')})"
+    return StorageError(f"{redact(uri)}{where}: {op} failed: {redact(f'{type(exc).__name__}: {exc}')}")
 
 
 def exists(uri: str, options: Optional[S3Options] = None) -> bool:
@@ -206,7 +266,9 @@ def exists(uri: str, options: Optional[S3Options] = None) -> bool:
 def read_bytes(uri: str, options: Optional[S3Options] = None) -> bytes:
     fs, path = filesystem(uri, options)
     try:
-        if fs.isdir(path):
+        # Locally a directory gets its own message; on S3 a "directory" is a prefix, not an object,
+        # and reads as not found (no extra LIST request per read).
+        if split_uri(uri)[0] == "file" and fs.isdir(path):
             raise StorageError(f"{redact(uri)}: is a directory, not a file")
         return fs.cat_file(path)
     except Exception as exc:  # noqa: BLE001
@@ -242,12 +304,32 @@ def _check_replaceable(uri: str, target: Path) -> None:
                        f"regular file)")
 
 
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def remove_partial_writes(directory_uri: str) -> int:
+    """Remove the temporary files that writers killed mid-write left in a local directory (their
+    targets were never replaced, so nothing else is lost); S3 needs nothing (an object appears only
+    once its upload completed). Returns how many were removed. Run it where no other writer is
+    writing into the same directory."""
+    folder = local_path(directory_uri)
+    if folder is None or not folder.is_dir():
+        return 0
+    removed = 0
+    for leftover in folder.glob(".*.tmp-*"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def _write_local(uri: str, path: str, data: bytes) -> None:
     """Temp file in the target's directory, then rename: a reader never sees a half-written file."""
     target = Path(path)
     _check_replaceable(uri, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = _temp_name(target)
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -289,7 +371,7 @@ class _AtomicLocalWriter(io.BufferedWriter):
         self._uri, self._target = uri, Path(path)
         _check_replaceable(uri, self._target)
         self._target.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._target.with_name(f".{self._target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        self._tmp = _temp_name(self._target)
         super().__init__(io.FileIO(self._tmp, "wb"))
         self._failed = False
 

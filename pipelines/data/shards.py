@@ -132,10 +132,16 @@ class ShardReader:
                 pf = pq.ParquetFile(fs.open_input_file(path))
             except FileNotFoundError:
                 raise FileNotFoundError(f"{storage.redact(shard_uri)}: shard not found") from None
+            except OSError as exc:  # storage unreachable after its retries (storage.RetryPolicy)
+                raise storage.failure(shard_uri, "open", exc) from None
             self._files[shard_uri] = pf
         if not 0 <= row < pf.metadata.num_row_groups:
             raise IndexError(f"{storage.redact(shard_uri)}: row {row} out of range ({pf.metadata.num_row_groups} rows)")
-        table = pf.read_row_group(row, columns=self.columns)
+        try:
+            table = pf.read_row_group(row, columns=self.columns)
+        except OSError as exc:
+            self._files.pop(shard_uri, None)
+            raise storage.failure(shard_uri, f"read row {row}", exc) from None
         return {name: table.column(name)[0].as_py() for name in table.column_names}
 
 
@@ -144,8 +150,14 @@ def iter_rows(manifest: Manifest, columns: Optional[list[str]] = None):
     import pyarrow.parquet as pq
 
     for shard in range(len(manifest.shard_paths)):
-        fs, path = storage.pyarrow_filesystem(manifest.shard_uri(shard))
-        table = pq.read_table(path, filesystem=fs, columns=columns)
+        uri = manifest.shard_uri(shard)
+        fs, path = storage.pyarrow_filesystem(uri)
+        try:
+            table = pq.read_table(path, filesystem=fs, columns=columns)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{storage.redact(uri)}: shard not found") from None
+        except OSError as exc:
+            raise storage.failure(uri, "read", exc) from None
         yield from table.to_pylist()
 
 

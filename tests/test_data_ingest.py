@@ -101,7 +101,8 @@ def test_broken_annotations_fail_naming_json_and_annotation_or_are_skipped(raw_s
 def test_invalid_segmentation_is_named_or_skipped(raw_split, tmp_path):
     _edit_json(raw_split, lambda d: d["annotations"][0]["segmentations"].__setitem__(
         next(i for i, s in enumerate(d["annotations"][0]["segmentations"]) if s), {"size": [9, 9], "counts": "00"}))
-    with pytest.raises(DataFormatError, match="annotation 1: invalid segmentation .*differs from the frame size"):
+    with pytest.raises(DataFormatError, match=f"{raw_split.annotations}: video 1 annotation 1 frame [0-9]: invalid "
+                       "segmentation .*differs from the frame size"):
         ingest(raw_split, str(tmp_path / "fail"), LOCAL)
     manifest = ingest(raw_split, str(tmp_path / "skip"), IngestOptions(executor="local", on_error="skip"))
     assert manifest["problem_counts"] == {"invalid_segmentation": 1}

@@ -72,6 +72,7 @@ class ShardJob:
     videos: list[VideoRecord]
     io_threads: int
     verify_frames: bool
+    annotations: str = ""  # the split's JSON (credentials redacted), for problem messages
 
     @property
     def path(self) -> str:
@@ -129,6 +130,10 @@ def build_shard(job: ShardJob) -> dict[str, Any]:
             to_check = []
             for t, (uri, data) in enumerate(zip(video_uris, frames)):
                 if isinstance(data, Exception):
+                    if storage.is_remote(uri) and not isinstance(data, FileNotFoundError):
+                        # The object store failed after its retries (storage.RetryPolicy): an outage,
+                        # not a property of the data. Skipping the video would drop it silently.
+                        raise data
                     bad = True
                     kind = "missing_frame" if isinstance(data, FileNotFoundError) else "unreadable_frame"
                     what = "frame file not found" if kind == "missing_frame" else f"cannot read the frame file ({data})"
@@ -142,7 +147,7 @@ def build_shard(job: ShardJob) -> dict[str, Any]:
                     log.report(problem)
             if bad:
                 continue  # skip policy: the whole video (its frames are not all there)
-            row = _video_row(video, frames, log, notes)
+            row = _video_row(video, frames, log, notes, job.annotations)
             if row is None:
                 continue
             index["video_id"].append(video.video_id)
@@ -172,16 +177,24 @@ def build_shard(job: ShardJob) -> dict[str, Any]:
     return summary
 
 
-def _video_row(video: VideoRecord, frames: list[bytes], log: ProblemLog, notes: dict) -> Optional[dict]:
+def _video_row(video: VideoRecord, frames: list[bytes], log: ProblemLog, notes: dict, source: str) -> Optional[dict]:
+    """`source`: the annotation file (credentials redacted), named in problem messages."""
     h, w = video.height, video.width
     instance_ids, category_ids, source_ids, crowd, segms, areas, bboxes, occl = [], [], [], [], [], [], [], []
     any_occlusion = False
     for inst in video.instances:
-        try:
-            rles = [segmentation_to_rle(s, h, w) for s in inst.segmentations]
-        except (ValueError, TypeError) as exc:
-            log.report(Problem("invalid_segmentation", f"video {video.video_id} annotation {inst.annotation_id}: "
-                               f"invalid segmentation ({exc})", video.video_id, inst.annotation_id))
+        rles, invalid = [], None
+        for t, segmentation in enumerate(inst.segmentations):
+            try:
+                rles.append(segmentation_to_rle(segmentation, h, w))
+            except (ValueError, TypeError) as exc:
+                invalid = (t, exc)
+                break
+        if invalid is not None:
+            t, exc = invalid
+            log.report(Problem("invalid_segmentation", f"{source}: video {video.video_id} annotation "
+                               f"{inst.annotation_id} frame {t}: invalid segmentation ({exc})", video.video_id,
+                               inst.annotation_id, t))
             continue
         inst_areas, inst_boxes = [], []
         for t, (raw, rle) in enumerate(zip(inst.segmentations, rles)):
@@ -193,7 +206,7 @@ def _video_row(video: VideoRecord, frames: list[bytes], log: ProblemLog, notes: 
                 continue
             area, box = inst.areas[t], inst.bboxes[t]
             if box is not None and not _plausible_box(box, h, w):
-                log.report(Problem("invalid_bbox", f"video {video.video_id} annotation {inst.annotation_id} frame {t}: "
+                log.report(Problem("invalid_bbox", f"{source}: video {video.video_id} annotation {inst.annotation_id} frame {t}: "
                                    f"bbox {box} is not [x, y, width, height] inside the {w}x{h} frame (skip policy: "
                                    f"replaced by the mask's box)", video.video_id, inst.annotation_id, t))
                 box = None
@@ -284,7 +297,7 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
     }).encode()).hexdigest()
 
     jobs = [ShardJob(i, info.name, output, info.frames_root, options.on_error, plan_key, g, options.io_threads,
-                     options.verify_frames) for i, g in enumerate(groups)]
+                     options.verify_frames, storage.redact(info.annotations)) for i, g in enumerate(groups)]
     summaries: dict[int, dict] = {}
     todo = []
     for job in jobs:
@@ -334,7 +347,6 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
         "num_frames": sum(s["num_frames"] for s in ordered),
         "num_instances": sum(s["num_instances"] for s in ordered),
         "num_shards": len(ordered),
-        "resumed_shards": resumed,
         "shards": [{k: s[k] for k in ("path", "sha256", "bytes", "num_videos", "num_frames", "num_instances")} for s in ordered],
         "problem_counts": counts,
         "problems": problems,
@@ -343,7 +355,9 @@ def ingest(info: SplitInfo, output: str, options: IngestOptions = IngestOptions(
     }
     storage.write_json(storage.join(output, shards_mod.MANIFEST_NAME), manifest)
     _remove_stale_shards(output, {job.path for job in jobs})
-    return manifest
+    # What a re-run reused is reported, not written: an interrupted ingest run again leaves the same
+    # files, byte for byte, as one that was never interrupted.
+    return {**manifest, "resumed_shards": resumed}
 
 
 def _remove_stale_shards(output: str, current: set[str]) -> None:
@@ -353,6 +367,8 @@ def _remove_stale_shards(output: str, current: set[str]) -> None:
         entries = storage.ls(output)
     except storage.StorageNotFound:
         return
+    storage.remove_partial_writes(output)
+    storage.remove_partial_writes(storage.join(output, PROGRESS_DIR))
     for uri in entries:
         name = uri.rstrip("/").rsplit("/", 1)[-1]
         if name.startswith("part-") and name.endswith(".parquet") and name not in current:
@@ -383,10 +399,10 @@ def _run(jobs: list[ShardJob], options: IngestOptions):
         raise ValueError(f"executor: expected 'ray' or 'local', got {options.executor!r}")
     import ray
 
-    from pipelines.ray_runtime import connect
+    from pipelines.ray_runtime import connect, runtime_env_vars
 
+    extra = {"runtime_env": runtime_env_vars(options.worker_env)} if options.worker_env else {}  # before any Ray starts
     connect()  # the cluster already connected to, RAY_ADDRESS, or a local Ray on 127.0.0.1
-    extra = {"runtime_env": {"env_vars": dict(options.worker_env)}} if options.worker_env else {}
     remote = ray.remote(build_shard).options(num_cpus=options.cpus_per_task, max_retries=2,
                                              retry_exceptions=[OSError], **extra)
     pending = list(jobs)

@@ -190,7 +190,8 @@ class ComputeConfig(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
-    max_failures: int = Field(default=3, ge=0)
+    max_failures: int = Field(default=3, ge=0, description="worker-group restarts (a lost worker or node) from "
+                              "the last checkpoint before the run fails")
     cpus_per_decoder: float = Field(default=0.25, gt=0, description="CPUs of each Ray Data clip-decoder actor")
     data_cpu_limit: Optional[float] = Field(default=None, gt=0, description="cap on the CPUs Ray Data may use per worker")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="the driver warns (with what the cluster waits "
@@ -203,6 +204,9 @@ class MlflowConfig(_Strict):
     registered_model_name: Optional[str] = Field(default=None, description="default: the experiment's name")
     register_model: bool = Field(default=True, description="register the final model (sweep trials: the sweep does)")
     parent_run_id: Optional[str] = Field(default=None, description="nest the run under this MLflow run (sweeps)")
+    outage_wait_s: float = Field(default=900.0, gt=0, description="training never waits for an unreachable "
+                                 "tracking server during the run (metrics are queued); at the end it waits this "
+                                 "long for it to deliver them and the model, then fails naming the server")
 
 
 class S3Config(_Strict):

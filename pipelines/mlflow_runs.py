@@ -13,16 +13,21 @@ in one process and a run can be reattached by id after a restart.
 """
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from pipelines.storage import redact
+
+logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_STORE_DIR = "mlruns"
@@ -80,16 +85,107 @@ class RegisteredVersion:
     tags: dict[str, str]
 
 
-class MlflowRun:
-    """One MLflow run. A disabled one (ranks other than 0) does nothing."""
+class TrackingUnreachable(RuntimeError):
+    """The tracking server did not answer within the configured wait; the message names it."""
 
-    def __init__(self, tracking_uri: Optional[str] = None, enabled: bool = True, workdir: str | None = None):
+
+class _QueuedSender:
+    """Sends metric and tag batches of one run from a background thread, in the order they were
+    logged. An unreachable tracking server delays them; it never blocks or fails the caller (the
+    training loop). Each batch is retried until it is accepted; `flush` waits for the queue to drain.
+
+    Outages are counted and timed (`outages`, `outage_s`) so that the run can record the gap.
+    """
+
+    def __init__(self, client: Any, run_id: str, retry_pause_s: float = 2.0):
+        self._client, self._run_id, self._pause = client, run_id, retry_pause_s
+        self._pending: collections.deque = collections.deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self.outages = 0
+        self.outage_s = 0.0
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, metrics: list = (), tags: list = ()) -> None:
+        with self._changed:
+            self._pending.append((list(metrics), list(tags)))
+            self._changed.notify_all()
+
+    def _send_loop(self) -> None:
+        outage_started: Optional[float] = None
+        while True:
+            with self._changed:
+                while not self._pending and not self._closed:
+                    self._changed.wait()
+                if not self._pending:
+                    return
+                metrics, tags = self._pending[0]
+            try:
+                # MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) run first, in this thread.
+                self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
+            except Exception as exc:  # noqa: BLE001 - the server is down or refused: keep the batch, retry
+                if outage_started is None:
+                    outage_started = time.monotonic()
+                    self.outages += 1
+                    logger.warning("MLflow unreachable; metrics are queued and sent when it answers (%s)",
+                                   redact(f"{type(exc).__name__}: {exc}")[:300])
+                self.last_error = redact(f"{type(exc).__name__}: {exc}")[:500]
+                with self._changed:
+                    self._changed.wait(self._pause)
+                continue
+            if outage_started is not None:
+                self.outage_s += time.monotonic() - outage_started
+                outage_started = None
+                logger.warning("MLflow answers again; queued metrics are being sent")
+            with self._changed:
+                self._pending.popleft()
+                self._changed.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued batch is accepted (True) or `timeout_s` passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        return True
+
+    def pending(self) -> int:
+        with self._changed:
+            return len(self._pending)
+
+    def close(self, timeout_s: float) -> bool:
+        delivered = self.flush(timeout_s)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if delivered:
+            self._thread.join(timeout=5)
+        return delivered
+
+
+class MlflowRun:
+    """One MLflow run. A disabled one (ranks other than 0) does nothing.
+
+    With ``queued=True`` (the training loop) metrics and tags go through a background sender: a
+    tracking server that goes away delays them and never the training; `close_queue` delivers what is
+    left, waiting up to a bound, and records any outage on the run (tags ``mlflow_outages``,
+    ``mlflow_outage_s``)."""
+
+    def __init__(self, tracking_uri: Optional[str] = None, enabled: bool = True, workdir: str | None = None,
+                 queued: bool = False):
         self.enabled = enabled
         self.run_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self._workdir = Path(workdir or os.getcwd()).absolute()
         self.tracking_uri = resolve_tracking_uri(tracking_uri, self._workdir) if enabled else None
         self._client = None
+        self._queued = queued
+        self._sender: Optional[_QueuedSender] = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -122,6 +218,44 @@ class MlflowRun:
         if tags and run_id:
             self.set_tags(tags)
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Use the existing run `run_id` without asking the server anything (a training worker: the
+        driver created the run; the server may be unreachable right now)."""
+        if not self.enabled:
+            return
+        self.run_id = run_id
+        if self._queued:
+            self._sender = _QueuedSender(self.client, run_id)
+
+    def close_queue(self, timeout_s: float) -> None:
+        """Deliver the queued metrics and tags, waiting up to `timeout_s` for the server; then record
+        any outage on the run. Raises `TrackingUnreachable` if the server never answered."""
+        if self._sender is None:
+            return
+        sender = self._sender
+        if not sender.close(timeout_s):
+            raise TrackingUnreachable(
+                f"MLflow at {redact(self.tracking_uri)} did not accept {sender.pending()} queued metric batches of run "
+                f"{self.run_id} within {timeout_s:.0f} s (tracking.outage_wait_s); last error: {sender.last_error}")
+        self._sender = None
+        if sender.outages:
+            self.set_tags({"mlflow_outages": sender.outages, "mlflow_outage_s": round(sender.outage_s, 1)})
+
+    def when_reachable(self, action: Callable[[], Any], what: str, timeout_s: float, pause_s: float = 2.0) -> Any:
+        """Run `action` (an artifact upload), retrying while the tracking server is unreachable, up to
+        `timeout_s`; the error then names the server and what could not be logged."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
+                if time.monotonic() + pause_s > deadline:
+                    raise TrackingUnreachable(f"MLflow at {redact(self.tracking_uri)}: could not log {what} for run "
+                                              f"{self.run_id} within {timeout_s:.0f} s (tracking.outage_wait_s): "
+                                              f"{redact(f'{type(exc).__name__}: {exc}')[:500]}") from None
+                logger.warning("MLflow: logging %s failed, retrying (%s)", what, redact(str(exc))[:200])
+                time.sleep(pause_s)
 
     def _experiment_id(self, name: str) -> str:
         existing = self.client.get_experiment_by_name(name)
@@ -161,7 +295,11 @@ class MlflowRun:
             return
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self._require_run(), tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
+        if self._sender is not None:
+            self._sender.put(tags=items)
+            return
+        self.client.log_batch(self._require_run(), tags=items)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -185,10 +323,13 @@ class MlflowRun:
             return
         from mlflow.entities import Metric
 
-        ts = timestamp_ms or int(time.time() * 1000)
+        ts = timestamp_ms or int(time.time() * 1000)  # the time of the step, also when sent later
         items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self._require_run(), metrics=items[i : i + 1000])
+            if self._sender is not None:
+                self._sender.put(metrics=items[i : i + 1000])
+            else:
+                self.client.log_batch(self._require_run(), metrics=items[i : i + 1000])
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:

@@ -118,8 +118,11 @@ def train_worker(config: dict) -> None:
     per_rank = train_cfg.batch_size // world_size
     _configure_ray_data(experiment)
 
-    mlflow_run = MlflowRun(config["tracking_uri"], enabled=rank == 0)
-    mlflow_run.start(config["experiment_name"], run_id=config["mlflow_run_id"])
+    # The driver created the run. Metrics and tags are queued and sent by a background thread: a
+    # tracking server that goes away delays them, never a training step (pipelines.mlflow_runs).
+    mlflow_run = MlflowRun(config["tracking_uri"], enabled=rank == 0, queued=True)
+    mlflow_run.attach(config["mlflow_run_id"])
+    outage_wait_s = experiment.tracking.outage_wait_s
 
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
     model = build_model(experiment.model).to(device)
@@ -147,7 +150,8 @@ def train_worker(config: dict) -> None:
     elif config.get("init_weights") is not None:
         source = config["init_weights"]  # pinned and checked by the driver (pipelines.weights)
         report = load_weights(model, source)
-        mlflow_run.log_text(report, "init/load_report.txt")
+        mlflow_run.when_reachable(lambda: mlflow_run.log_text(report, "init/load_report.txt"), "the weights' load report",
+                                  outage_wait_s)
         mlflow_run.set_tags({"init_weights": storage.redact(source.uri),
                           **({"init_weights_version": source.registry_version} if source.registry_version else {})})
 
@@ -226,14 +230,11 @@ def train_worker(config: dict) -> None:
 
         final = completed == schedule.max_iter
         validate_now = val_set is not None and (final or (train_cfg.eval_period and completed % train_cfg.eval_period == 0))
+        outcome = None
         if validate_now:
             outcome = validation.validate(model, val_set, experiment.eval.benchmark, device)
             val_metrics = outcome.metrics
             mlflow_run.log_metrics(val_metrics, step=completed)
-            if final:
-                _log_final_artifacts(mlflow_run, experiment, model, val_set, outcome)
-        elif final and rank == 0:
-            _log_final_artifacts(mlflow_run, experiment, model, None, None)
 
         if completed % train_cfg.checkpoint_period == 0 or final:
             report = {"step": completed, "loss": summary["loss_total"], **(val_metrics if rank == 0 else {})}
@@ -251,14 +252,18 @@ def train_worker(config: dict) -> None:
                         mlflow_run_id=config["mlflow_run_id"],
                         experiment_name=experiment.name,
                         config_hash=experiment.config_hash(),
-                    ).save(directory)
-                    # The resolved experiment beside the weights: `ctvis predict CHECKPOINT_DIR` needs nothing else.
-                    (Path(directory) / state.CONFIG_FILE).write_text(experiment.to_yaml())
+                    ).save(directory, config_yaml=experiment.to_yaml())  # `ctvis predict CHECKPOINT_DIR` needs nothing else
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
                                      checkpoint_dir_name=f"checkpoint_step{completed:07d}")
             else:
                 ray.train.report(report, checkpoint=None)
             val_metrics = {}
+
+        if final and rank == 0:
+            # After the last checkpoint is stored: a tracking outage now cannot lose the training.
+            mlflow_run.when_reachable(lambda: _log_final_artifacts(mlflow_run, experiment, model, val_set, outcome),
+                                      "the model and results", outage_wait_s)
+    mlflow_run.close_queue(outage_wait_s)
 
 
 def _log_final_artifacts(mlflow_run: Any, experiment: Any, model: torch.nn.Module, val_set: Any, outcome: Any) -> None:

@@ -35,6 +35,35 @@ class WeightsError(ValueError):
     """Weights that cannot be used; the message names the URI and the reason."""
 
 
+CHECKPOINT_META_FILE = "meta.json"  # pipelines.train.state.META_FILE
+
+
+def check_checkpoint_complete(directory_uri: str) -> None:
+    """Refuse a training checkpoint directory that was not copied whole (its upload or copy was
+    killed): ``meta.json`` is written last and lists every file with its size. Checkpoints from
+    before that list was kept are taken as they are."""
+    meta_uri = storage.join(directory_uri, CHECKPOINT_META_FILE)
+    try:
+        meta = storage.read_json(meta_uri)
+    except storage.StorageNotFound:
+        raise WeightsError(f"{storage.redact(directory_uri)}: incomplete checkpoint: no {CHECKPOINT_META_FILE} (it is "
+                           f"written last; the copy was interrupted). Use an earlier checkpoint of the run.") from None
+    except storage.StorageError as error:
+        raise WeightsError(f"{storage.redact(directory_uri)}: unreadable checkpoint metadata: {error}") from None
+    for name, expected in (meta.get("files") or {}).items():
+        uri = storage.join(directory_uri, name)
+        try:
+            found = storage.size(uri)
+        except storage.StorageNotFound:
+            found = None
+        except storage.StorageError as error:
+            raise WeightsError(f"{storage.redact(uri)}: cannot check the checkpoint file: {error}") from None
+        if found != int(expected):
+            what = "missing" if found is None else f"{found} bytes, {meta_uri.rsplit('/', 1)[-1]} says {expected}"
+            raise WeightsError(f"{storage.redact(directory_uri)}: incomplete checkpoint: {name} is {what} (the copy was "
+                               "interrupted). Use an earlier checkpoint of the run.")
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightsSource:
     """A weights URI, pinned: registry aliases resolved to their version (so every worker and every
@@ -117,10 +146,14 @@ def fetch(source: WeightsSource, directory: str | Path) -> Path:
         return candidates[0]
     local = storage.local_path(source.location)
     if local is not None:
-        return local / CHECKPOINT_STATE_FILE if local.is_dir() else local
+        if local.is_dir():
+            check_checkpoint_complete(str(local))
+            return local / CHECKPOINT_STATE_FILE
+        return local
     target = directory / Path(storage.split_uri(source.location)[1]).name
     try:
         if storage.exists(storage.join(source.location, CHECKPOINT_STATE_FILE)):
+            check_checkpoint_complete(source.location)
             target = directory / CHECKPOINT_STATE_FILE
             target.write_bytes(storage.read_bytes(storage.join(source.location, CHECKPOINT_STATE_FILE)))
         else:

@@ -136,6 +136,8 @@ def test_train_state_round_trip(tmp_path):
                              config_hash="h")
     saved.save(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [state.META_FILE, state.STATE_FILE]
+    assert json.loads((tmp_path / "ckpt" / state.META_FILE).read_text())["files"] == {
+        state.STATE_FILE: (tmp_path / "ckpt" / state.STATE_FILE).stat().st_size}
     loaded = state.TrainState.load(tmp_path / "ckpt")
     assert (loaded.step, loaded.data_position, loaded.mlflow_run_id) == (3, 12, "abc")
     for k, v in model.state_dict().items():
@@ -149,6 +151,43 @@ def test_train_state_round_trip(tmp_path):
     assert json.loads((tmp_path / "ckpt" / state.META_FILE).read_text())["config_hash"] == "h"  # readable without torch
     with pytest.raises(FileNotFoundError, match="not a CTVIS training checkpoint"):
         state.TrainState.load(tmp_path)
+
+
+def test_a_checkpoint_copied_part_way_is_refused_by_every_reader(tmp_path):
+    """A killed upload leaves some of the checkpoint's files, or one cut short: resuming, `ctvis
+    predict CHECKPOINT_DIR` and `model.weights=CHECKPOINT_DIR` refuse it, naming what is missing."""
+    import itertools
+    import shutil
+
+    from pipelines.inference.model_source import resolve_model
+    from pipelines.weights import WeightsError, check_checkpoint_complete
+
+    model = _Model()
+    whole = tmp_path / "whole"
+    state.TrainState(step=2, data_position=8, model=model.state_dict(), optimizer={}, scheduler={}, scaler={},
+                     rng_cpu=torch.get_rng_state(), rng_cuda=[]).save(whole, config_yaml="name: x\n")
+    assert sorted(p.name for p in whole.iterdir()) == [state.CONFIG_FILE, state.META_FILE, state.STATE_FILE]
+    check_checkpoint_complete(str(whole))
+    assert state.TrainState.load(whole).step == 2
+
+    names = sorted(p.name for p in whole.iterdir())
+    partial = [{n: None for n in subset} for keep in range(len(names))  # what a copy in any order can leave
+               for subset in itertools.combinations(names, keep)]
+    size = (whole / state.STATE_FILE).stat().st_size
+    partial.append({state.META_FILE: None, state.CONFIG_FILE: None, state.STATE_FILE: size // 2})  # cut short
+    for k, files in enumerate(partial):
+        copy = tmp_path / f"partial{k}"
+        copy.mkdir()
+        for name, cut in files.items():
+            data = (whole / name).read_bytes()
+            (copy / name).write_bytes(data if cut is None else data[:cut])
+        with pytest.raises(WeightsError, match="incomplete checkpoint"):
+            check_checkpoint_complete(str(copy))
+        with pytest.raises((WeightsError, FileNotFoundError), match="incomplete checkpoint|not a CTVIS training"):
+            state.TrainState.load(copy)
+        with pytest.raises(WeightsError, match="incomplete checkpoint|not an experiment YAML"):
+            resolve_model(str(copy))
+        shutil.rmtree(copy)
 
 
 def test_run_info_and_fault_marker_live_beside_the_run(tmp_path):

@@ -19,7 +19,8 @@ from typing import Any, Optional, Sequence
 
 from pipelines import storage
 from pipelines.config import ConfigError, build_experiment, load_experiment, parse_yaml
-from pipelines.weights import CHECKPOINT_STATE_FILE, WeightsError, WeightsSource, fetch, is_registry_uri, resolve_weights
+from pipelines.weights import (CHECKPOINT_STATE_FILE, WeightsError, WeightsSource, check_checkpoint_complete, fetch,
+                              is_registry_uri, resolve_weights)
 
 CONFIG_FILE = "config.yaml"  # beside the weights in checkpoints and registered models
 WEIGHTS_KEY = "model.weights"
@@ -73,6 +74,7 @@ def resolve_model(model: str, overrides: Sequence[str] = (), tracking_uri: Optio
         if not storage.exists(storage.join(model, CHECKPOINT_STATE_FILE)):
             raise WeightsError(f"{storage.redact(model)}: not an experiment YAML, a checkpoint directory (no "
                                f"{CHECKPOINT_STATE_FILE}) or a registry URI (models:/NAME@ALIAS)")
+        check_checkpoint_complete(model)
         if not storage.exists(config_uri):
             raise WeightsError(f"{storage.redact(model)}: the checkpoint has no {CONFIG_FILE} (saved by an older "
                                f"version): run it as EXPERIMENT.yaml model.weights={storage.redact(model)}")

@@ -49,7 +49,9 @@ class TrainState:
     experiment_name: str = ""
     config_hash: str = ""
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, config_yaml: Optional[str] = None) -> Path:
+        """Write the checkpoint; ``meta.json`` last, listing every file with its size, so that a copy
+        cut short (a killed upload) is told from a whole one (`pipelines.weights.check_checkpoint_complete`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -64,6 +66,8 @@ class TrainState:
             "rng_cuda": list(self.rng_cuda),
         }
         torch.save(payload, directory / STATE_FILE)
+        if config_yaml is not None:
+            (directory / CONFIG_FILE).write_text(config_yaml)
         meta = {
             "format_version": FORMAT_VERSION,
             "step": self.step,
@@ -72,6 +76,7 @@ class TrainState:
             "experiment_name": self.experiment_name,
             "config_hash": self.config_hash,
             "saved_at": time.time(),
+            "files": {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.name != META_FILE},
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
         return directory
@@ -82,6 +87,9 @@ class TrainState:
         state_path, meta_path = directory / STATE_FILE, directory / META_FILE
         if not state_path.is_file() or not meta_path.is_file():
             raise FileNotFoundError(f"{directory}: not a CTVIS training checkpoint (needs {STATE_FILE} and {META_FILE})")
+        from pipelines.weights import check_checkpoint_complete
+
+        check_checkpoint_complete(str(directory))
         meta = json.loads(meta_path.read_text())
         payload = torch.load(state_path, map_location="cpu", weights_only=True)
         if payload.get("format_version") != FORMAT_VERSION:

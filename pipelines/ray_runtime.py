@@ -183,3 +183,22 @@ def resource_diagnosis() -> str:
 
 def _fmt(resources: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory") and v) or "-"
+
+
+def runtime_env_vars(env: Optional[dict[str, str]], what: str = "worker_env") -> Optional[dict[str, Any]]:
+    """The ``runtime_env`` that hands `env` to Ray workers (None for none), refusing secrets.
+
+    Ray writes a runtime_env in clear text to its logs (``runtime_env_agent.log``), its job table and
+    the dashboard, so credentials must not travel this way: the error says to give the cluster's
+    nodes their own (instance roles, the nodes' environment; a local Ray started by the command
+    inherits the command's environment)."""
+    if not env:
+        return None
+    from pipelines.redaction import SECRET_ENV_VARS
+
+    secret = sorted(k for k in env if k in SECRET_ENV_VARS and k != "AWS_ACCESS_KEY_ID")
+    if secret:
+        raise ValueError(f"{what}: {', '.join(secret)} would be written in clear text to Ray's logs and dashboard "
+                         "(a runtime_env is not secret); give the cluster's nodes their own credentials (instance "
+                         "role or the nodes' environment). A local Ray started by this command inherits its environment.")
+    return {"env_vars": dict(env)}

@@ -107,40 +107,56 @@ class MlflowServer:
     artifacts_destination: str
 
 
+class MlflowServerProcess:
+    """An `mlflow server` on a fixed 127.0.0.1 port (sqlite store, artifacts proxied to the moto
+    bucket) that can be stopped and started again on the same port and store: an outage."""
+
+    def __init__(self, workdir: Path, s3: S3Server, bucket: str):
+        self.workdir, self.port = workdir, free_port()
+        self.artifacts = f"s3://{bucket}/mlartifacts"
+        self.tracking_uri = f"http://127.0.0.1:{self.port}"
+        self._env = {
+            **os.environ,
+            **s3.env,
+            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+            # keep the server's own housekeeping quiet and local
+            "MLFLOW_TRACKING_URI": "",
+        }
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "mlflow-server.log"
+        with open(log, "ab") as out:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "mlflow", "server",
+                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+                    "--artifacts-destination", self.artifacts,
+                    "--workers", "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self._env,
+                cwd=self.workdir,
+            )
+        _wait_http(f"{self.tracking_uri}/health", self._proc, 120, log)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_process(self._proc)
+            self._proc = None
+
+
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> Iterator[MlflowServer]:
-    port = free_port()
-    log = workdir / "mlflow-server.log"
-    db = workdir / "mlflow.db"
-    artifacts = f"s3://{bucket}/mlartifacts"
-    env = {
-        **os.environ,
-        **s3.env,
-        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
-        # keep the server's own housekeeping quiet and local
-        "MLFLOW_TRACKING_URI": "",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--backend-store-uri", f"sqlite:///{db}",
-                "--artifacts-destination", artifacts,
-                "--workers", "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            cwd=workdir,
-        )
+    server = MlflowServerProcess(workdir, s3, bucket)
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_http(f"{url}/health", proc, 120, log)
-        yield MlflowServer(url, artifacts)
+        server.start()
+        yield MlflowServer(server.tracking_uri, server.artifacts)
     finally:
-        stop_process(proc)
+        server.stop()
 
 
 def ray_loopback_env(home: Path) -> dict[str, str]:
@@ -211,5 +227,9 @@ def listening_sockets(root_pid: int) -> list[tuple[str, int, int]]:
 
 
 def storage_env_vars() -> dict[str, str]:
-    """The AWS_* variables of this process (the moto endpoint and test credentials), for Ray workers."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    """The AWS_* variables of this process that may travel in a Ray runtime_env (the endpoint and the
+    region): the secret key never does (Ray logs runtime_envs; `pipelines.ray_runtime.runtime_env_vars`
+    refuses it). Workers of the test Ray have it from their environment (the Ray started after moto)."""
+    from pipelines.redaction import SECRET_ENV_VARS
+
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") and k not in SECRET_ENV_VARS}

@@ -7,6 +7,7 @@ that group: a plain `ray stop` would also kill the test session's other local Ra
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -154,5 +155,14 @@ def test_job_submit_stop_and_resubmit_continues_the_same_run(s3_server, mlflow_s
         assert steps == set(range(1, MAX_ITER + 1))
         meta = storage.read_json(f"{runs_root}/{run_name}/checkpoint_step{MAX_ITER:07d}/meta.json")
         assert meta["mlflow_run_id"] == run_id and meta["step"] == MAX_ITER
+
+        # The S3 secret the cluster's nodes hold is nowhere in what the job wrote: its logs, Ray's own
+        # logs (runtime_env agent, raylet, workers), the run's params and tags.
+        secret = services.TEST_AWS_ENV["AWS_SECRET_ACCESS_KEY"]
+        assert secret not in logs + _job(env, address, "logs", "train-1").stdout
+        leaked = [str(p) for p in Path(temp_dir).rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")
+                  and secret.encode() in p.read_bytes()]
+        assert not leaked, leaked
+        assert secret not in json.dumps([run.data.params, run.data.tags])
     finally:
         services.stop_process(head, timeout=10)  # ray start --block may ignore SIGTERM: then SIGKILL to its group

@@ -208,6 +208,8 @@ def clip_dataset(
     """
     import ray
 
+    from pipelines.ray_runtime import runtime_env_vars
+
     table = clip_index_table(index, manifests)
     blocks = [table.slice(i, clips_per_block) for i in range(0, table.num_rows, clips_per_block)] or [table]
     return ray.data.from_arrow(blocks).map_batches(
@@ -217,7 +219,7 @@ def clip_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=decode_workers or data_config.decode_workers),
         num_cpus=cpus_per_decoder,
-        **({"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}),
+        **({"runtime_env": runtime_env_vars(worker_env)} if worker_env else {}),
     )
 
 

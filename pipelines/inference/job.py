@@ -266,7 +266,9 @@ def predict_split(model: Any, split: str, options: PredictOptions, log: Callable
     from pipelines.data.shards import load_manifest
     from pipelines.inference import cache
     from pipelines.inference.videos import video_refs
+    from pipelines.ray_runtime import runtime_env_vars
 
+    runtime_env_vars(worker_env)  # secrets refused before anything starts
     started = time.time()
     if options.from_cache and options.cache_outputs:
         raise PredictError("--cache-outputs and --from-cache together: a re-run from a cache writes no cache")
@@ -351,7 +353,7 @@ def _run_actors(experiment: Any, model: Any, todo: list, category_ids: tuple[int
                 log: Callable[[str], None], worker_env: Optional[dict[str, str]]) -> tuple[list[dict], float, float]:
     import ray
 
-    from pipelines.ray_runtime import connect
+    from pipelines.ray_runtime import connect, runtime_env_vars
 
     connect(options.ray_address, log=log)
     context = ray.data.DataContext.get_current()
@@ -371,7 +373,7 @@ def _run_actors(experiment: Any, model: Any, todo: list, category_ids: tuple[int
         compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_cpus=options.cpus_per_worker,
         **({"num_gpus": options.gpus_per_worker} if use_gpu else {}),
-        **({"runtime_env": {"env_vars": dict(worker_env)}} if worker_env else {}),
+        **({"runtime_env": runtime_env_vars(worker_env)} if worker_env else {}),
     )
     failed: list[dict] = []
     started = last_line = time.time()

@@ -143,6 +143,7 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.ray_runtime import runtime_env_vars
     from pipelines.train.loop import train_worker
 
     compute = experiment.compute
@@ -169,7 +170,7 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=compute.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=experiment.train.keep_checkpoints),
-            worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None,
+            worker_runtime_env=runtime_env_vars(worker_env),
             callbacks=list(callbacks) or None,
         ),
     )
@@ -243,6 +244,9 @@ def run_training(experiment: Any, *, worker_env: Optional[dict[str, str]] = None
     from pipelines.mlflow_runs import MlflowRun
     from pipelines.train.visualize import loss_curve_plot
 
+    from pipelines.ray_runtime import runtime_env_vars
+
+    runtime_env_vars(worker_env)  # secrets refused before anything starts
     started = time.time()
     experiment = prepare(experiment, log)
     runs_root = experiment.storage.runs_root

@@ -61,20 +61,31 @@ def _runs(client, experiment_name: str, run_name: str):
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.ray_run_name = '{run_name}'")
 
 
+RUNS_ROOT = "s3://train-integration/runs"
+
+
+@pytest.fixture(scope="module")
+def clean_training(s3_shards, mlflow_server, ray_local):
+    """The uninterrupted run the fault tests compare with: (overrides, experiment, summary)."""
+    from pipelines.train.job import run_training
+
+    train_shards, val_shards = s3_shards
+    overrides = tiny_overrides(train_shards, val_shards, RUNS_ROOT, mlflow_server.tracking_uri)
+    experiment = load_experiment(PROJECT_ROOT / "experiments" / "tiny.yaml", overrides + ["train.run_name=clean"])
+    return overrides, experiment, run_training(experiment, worker_env=storage_env_vars())
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_train_checkpoint_validate_register_then_recover_from_a_worker_fault(s3_shards, s3_server, mlflow_server,
-                                                                             ray_local):
+def test_train_checkpoint_validate_register_then_recover_from_a_worker_fault(clean_training, s3_shards, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     from pipelines import storage
     from pipelines.train.job import run_training
 
     train_shards, val_shards = s3_shards
-    runs_root = "s3://train-integration/runs"
-    overrides = tiny_overrides(train_shards, val_shards, runs_root, mlflow_server.tracking_uri)
-    experiment = load_experiment(PROJECT_ROOT / "experiments" / "tiny.yaml", overrides + ["train.run_name=clean"])
-    clean = run_training(experiment, worker_env=storage_env_vars())
+    runs_root = RUNS_ROOT
+    overrides, experiment, clean = clean_training
 
     assert clean.final_step == MAX_ITER and clean.final_loss > 0
     assert "val/AP" in clean.val_metrics and 0 <= clean.val_metrics["val/AP"] <= 100
@@ -135,3 +146,34 @@ def test_train_checkpoint_validate_register_then_recover_from_a_worker_fault(s3_
     assert runs[0].data.tags.get("resumed_from_step") == "2"  # restarted from the step-2 checkpoint
     steps = [m.step for m in client.get_metric_history(faulty.mlflow_run_id, "loss_total")]
     assert set(steps) == set(range(1, MAX_ITER + 1)) and steps.count(3) == 2  # step 3 ran twice
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_through_flaky_s3_ends_with_the_clean_loss(clean_training, s3_server, mlflow_server):
+    """Clip streaming (Ray Data reading the shards), the progress file and the checkpoint uploads (Ray
+    Train's storage) all go through the fault-injecting proxy (tests/faults.py): the run ends at the
+    planned step with the clean run's loss and its checkpoints whole."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import storage
+    from pipelines.train.job import run_training
+    from pipelines.weights import check_checkpoint_complete
+    from tests.faults import FaultyProxy, through
+    from tests.test_faults import FLAKY
+
+    overrides, _, clean = clean_training
+    host, port = s3_server.endpoint_url.rsplit("//", 1)[1].split(":")
+    with FaultyProxy((host, int(port)), FLAKY, seed=99) as proxy, through(proxy):
+        experiment = load_experiment(PROJECT_ROOT / "experiments" / "tiny.yaml", overrides + ["train.run_name=flaky"])
+        flaky = run_training(experiment, worker_env={**storage_env_vars(), "AWS_ENDPOINT_URL": proxy.endpoint_url},
+                             log=lambda line: None)
+        assert flaky.final_step == MAX_ITER
+        assert flaky.final_loss == pytest.approx(clean.final_loss, rel=1e-5)
+    faults = {k: v for k, v in proxy.counts.items() if k != "pass"}
+    assert len(faults) >= 3 and sum(faults.values()) >= 10, proxy.counts
+    for step in (4, 6):
+        check_checkpoint_complete(f"{RUNS_ROOT}/flaky/checkpoint_step{step:07d}")
+    run = MlflowClient(tracking_uri=mlflow_server.tracking_uri).get_run(flaky.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert storage.read_json(f"{RUNS_ROOT}/flaky/ctvis_run.json")["finished"] is True

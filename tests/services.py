@@ -148,6 +148,15 @@ class MlflowServerProcess:
             stop_process(self._proc)
             self._proc = None
 
+    def kill(self) -> None:
+        """Gone at once (SIGKILL), as a crashed server or a lost machine: a graceful stop would still
+        answer the requests already on their way."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=30)
+            self._proc = None
+
 
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, s3: S3Server, bucket: str) -> Iterator[MlflowServer]:

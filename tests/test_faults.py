@@ -136,7 +136,7 @@ OUTAGE_MAX_ITER = 8
 @pytest.mark.integration
 @pytest.mark.slow
 def test_training_goes_on_through_an_mlflow_server_outage(s3_server, ray_local, tmp_path):
-    """The server is stopped after the first step and started again (same port, same store) once
+    """The server is killed after the first step and started again (same port, same store) once
     training has ended: every step's metrics reach the run, the model is logged, the run is FINISHED
     and says how long the server was away. The workers' MLflow client gives up after one quick retry
     (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1): an outage longer than MLflow's own retries, in test time."""
@@ -179,7 +179,7 @@ def test_training_goes_on_through_an_mlflow_server_outage(s3_server, ray_local, 
             assert thread.is_alive(), outcome
             assert time.monotonic() < deadline, "training did not start within 240 s"
             time.sleep(0.1)
-        server.stop()
+        server.kill()
         stopped = time.monotonic()
         # down until the last checkpoint is stored (the training itself is over) and 10 s more
         final = f"{runs_root}/outage/checkpoint_step{OUTAGE_MAX_ITER:07d}"
@@ -435,3 +435,27 @@ def test_secrets_never_travel_in_a_ray_runtime_env():
     job = dataclasses.make_dataclass("Job", ["index"])(0)
     with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
         list(_run([job], IngestOptions(worker_env={"AWS_SECRET_ACCESS_KEY": "x"})))
+
+
+def test_one_retry_policy_configures_every_s3_client(monkeypatch):
+    """botocore (through s3fs) and pyarrow get the same attempts and timeouts, from one place."""
+    monkeypatch.setenv("CTVIS_S3_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("CTVIS_S3_READ_TIMEOUT_S", "7.5")
+    policy = storage.RetryPolicy.from_env()
+    assert (policy.max_attempts, policy.connect_timeout_s, policy.read_timeout_s) == (3, 10.0, 7.5)
+    assert policy.botocore_config() == {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 10.0,
+                                        "read_timeout": 7.5}
+    pyarrow = policy.pyarrow_kwargs()
+    assert pyarrow["retry_strategy"].max_attempts == 3 and pyarrow["request_timeout"] == 7.5
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    storage.configure_s3(storage.S3Options())
+    try:
+        fs, _ = storage.filesystem("s3://bucket/key")
+        assert fs.retries == 3 and fs.config_kwargs["retries"]["max_attempts"] == 3
+    finally:
+        monkeypatch.undo()
+        storage.configure_s3(storage.S3Options())
+    for bad in ("many", "0"):
+        monkeypatch.setenv("CTVIS_S3_MAX_ATTEMPTS", bad)
+        with pytest.raises(storage.StorageError, match="CTVIS_S3_MAX_ATTEMPTS"):
+            storage.RetryPolicy.from_env()

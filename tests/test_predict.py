@@ -243,6 +243,7 @@ def test_model_arguments_resolve_or_say_what_is_missing(tiny_weights, tmp_path):
     checkpoint.mkdir()
     tensors = torch.load(tiny_weights, weights_only=True)["model"]
     torch.save({"format_version": 1, "model": tensors}, checkpoint / "state.pt")
+    (checkpoint / "meta.json").write_text('{"format_version": 1, "step": 10}')  # an older checkpoint: no file list
     with pytest.raises(WeightsError, match="has no config.yaml .* run it as EXPERIMENT.yaml model.weights="):
         resolve_model(str(checkpoint))
     (checkpoint / "config.yaml").write_text(load_experiment(TINY, TEST_SIZES).to_yaml())

@@ -94,6 +94,7 @@ def test_checkpoint_directory_uses_its_state(tiny_config, tmp_path):
     directory = tmp_path / "checkpoint_step0000010"
     directory.mkdir()
     torch.save({"format_version": 1, "model": source.state_dict()}, directory / "state.pt")
+    (directory / "meta.json").write_text('{"format_version": 1, "step": 10}')  # written last by TrainState.save
     check = check_weights(str(directory), tiny_config)
     assert check.matched == check.total
 

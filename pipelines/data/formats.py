@@ -168,8 +168,8 @@ def _parse_ytvis(info: SplitInfo, data: dict, policy: ErrorPolicy) -> ParsedSpli
         vid = _int(a.get("video_id"), f"{where}.video_id")
         cid = _int(a.get("category_id"), f"{where}.category_id")
         if aid in seen_annotations:
-            log.report(Problem("duplicate_id", f"{source}: annotations[{i}] (video {vid}): annotation id {aid} appears "
-                               "twice (this later one is left out)", video_id=vid, annotation_id=aid))
+            log.report(Problem("duplicate_id", f"{source}: annotation id {aid} appears twice (again at annotations[{i}], "
+                               f"video {vid}: this later one is left out)", video_id=vid, annotation_id=aid))
             continue
         seen_annotations.add(aid)
         video = videos.get(vid)

@@ -89,6 +89,24 @@ class TrackingUnreachable(RuntimeError):
     """The tracking server did not answer within the configured wait; the message names it."""
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means the tracking server could not be reached or is temporarily failing (worth
+    waiting for), as opposed to a request it rejected (retrying cannot help)."""
+    import requests
+
+    if isinstance(exc, (ConnectionError, TimeoutError, requests.ConnectionError, requests.Timeout)):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        if getattr(exc, "get_http_status_code", lambda: 500)() >= 500:
+            return True
+        text = str(exc)
+        return any(words in text for words in ("Max retries exceeded", "Connection refused", "Connection aborted",
+                                               "Read timed out", "RemoteDisconnected"))
+    return False
+
+
 class _QueuedSender:
     """Sends metric and tag batches of one run from a background thread, in the order they were
     logged. An unreachable tracking server delays them; it never blocks or fails the caller (the
@@ -104,6 +122,7 @@ class _QueuedSender:
         self._closed = False
         self.outages = 0
         self.outage_s = 0.0
+        self.rejected = 0  # batches the server refused (not an outage): logged as errors and dropped
         self.last_error = ""
         self._thread = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
         self._thread.start()
@@ -125,7 +144,15 @@ class _QueuedSender:
             try:
                 # MLflow's own HTTP retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES) run first, in this thread.
                 self._client.log_batch(self._run_id, metrics=metrics, tags=tags)
-            except Exception as exc:  # noqa: BLE001 - the server is down or refused: keep the batch, retry
+            except Exception as exc:  # noqa: BLE001 - the server is down: keep the batch and retry
+                if not is_unreachable(exc):  # rejected: retrying cannot help; say so and go on
+                    self.rejected += 1
+                    logger.error("MLflow rejected %d metrics / %d tags of run %s: %s", len(metrics), len(tags),
+                                 self._run_id, redact(f"{type(exc).__name__}: {exc}")[:500])
+                    with self._changed:
+                        self._pending.popleft()
+                        self._changed.notify_all()
+                    continue
                 if outage_started is None:
                     outage_started = time.monotonic()
                     self.outages += 1
@@ -241,6 +268,8 @@ class MlflowRun:
         self._sender = None
         if sender.outages:
             self.set_tags({"mlflow_outages": sender.outages, "mlflow_outage_s": round(sender.outage_s, 1)})
+        if sender.rejected:
+            self.set_tags({"mlflow_rejected_batches": sender.rejected})
 
     def when_reachable(self, action: Callable[[], Any], what: str, timeout_s: float, pause_s: float = 2.0) -> Any:
         """Run `action` (an artifact upload), retrying while the tracking server is unreachable, up to
@@ -249,7 +278,9 @@ class MlflowRun:
         while True:
             try:
                 return action()
-            except Exception as exc:  # noqa: BLE001 - retried until the deadline, then named
+            except Exception as exc:  # noqa: BLE001 - an unreachable server is waited for, then named
+                if not is_unreachable(exc):
+                    raise
                 if time.monotonic() + pause_s > deadline:
                     raise TrackingUnreachable(f"MLflow at {redact(self.tracking_uri)}: could not log {what} for run "
                                               f"{self.run_id} within {timeout_s:.0f} s (tracking.outage_wait_s): "

@@ -459,3 +459,32 @@ def test_one_retry_policy_configures_every_s3_client(monkeypatch):
         monkeypatch.setenv("CTVIS_S3_MAX_ATTEMPTS", bad)
         with pytest.raises(storage.StorageError, match="CTVIS_S3_MAX_ATTEMPTS"):
             storage.RetryPolicy.from_env()
+
+
+def test_the_metrics_sender_waits_out_an_outage_and_drops_only_what_the_server_rejects():
+    """In order, nothing lost while the server is unreachable; a rejected batch is counted, not retried."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from pipelines.mlflow_runs import _QueuedSender
+
+    class Server:
+        def __init__(self):
+            self.down, self.accepted = 3, []
+
+        def log_batch(self, run_id, metrics=(), tags=()):
+            if self.down:
+                self.down -= 1
+                raise MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/log-batch failed "
+                                      "with exception HTTPConnectionPool: Max retries exceeded")
+            if metrics == ["rejected"]:
+                raise MlflowException("Invalid metric", error_code=INVALID_PARAMETER_VALUE)
+            self.accepted.append(list(metrics))
+
+    server = Server()
+    sender = _QueuedSender(server, "run", retry_pause_s=0.05)
+    for batch in (["a"], ["rejected"], ["b"], ["c"]):
+        sender.put(metrics=batch)
+    assert sender.close(timeout_s=10)
+    assert server.accepted == [["a"], ["b"], ["c"]]
+    assert (sender.outages, sender.rejected) == (1, 1) and sender.outage_s > 0.1

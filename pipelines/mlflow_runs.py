@@ -110,7 +110,8 @@ def is_unreachable(exc: BaseException) -> bool:
 class _QueuedSender:
     """Sends metric and tag batches of one run from a background thread, in the order they were
     logged. An unreachable tracking server delays them; it never blocks or fails the caller (the
-    training loop). Each batch is retried until it is accepted; `flush` waits for the queue to drain.
+    training loop). A batch is retried while the server is unreachable (`is_unreachable`); one the
+    server rejects is logged, counted (`rejected`) and dropped. `flush` waits for the queue to drain.
 
     Outages are counted and timed (`outages`, `outage_s`) so that the run can record the gap.
     """

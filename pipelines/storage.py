@@ -71,9 +71,10 @@ class RetryPolicy:
     A transient fault (connection refused or reset, a response cut off mid-body, 503 SlowDown, a
     timeout) is retried with the SDKs' exponential backoff, up to `max_attempts` attempts per request.
     A persistent outage therefore ends in an error naming the URI and the endpoint after roughly
-    `max_attempts` backoffs (measured with the default: 10-25 s per request, see the README's
-    "Failure behaviour"). ``CTVIS_S3_MAX_ATTEMPTS``, ``CTVIS_S3_CONNECT_TIMEOUT_S`` and
-    ``CTVIS_S3_READ_TIMEOUT_S`` override the defaults (Ray workers inherit them with the AWS_* variables).
+    `max_attempts` backoffs (measured with the defaults: 9.5 s for a pyarrow read to 29 s for an s3fs
+    write; see the README's "Failure behaviour"). ``CTVIS_S3_MAX_ATTEMPTS``, ``CTVIS_S3_CONNECT_TIMEOUT_S``
+    and ``CTVIS_S3_READ_TIMEOUT_S`` override the defaults, in every process that reads its environment
+    (Ray workers included).
     """
 
     max_attempts: int = 6

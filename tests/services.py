@@ -197,6 +197,32 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return False
+    return "zombie" not in state.lower()
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGKILL `proc` (started with start_new_session=True) and every process below it, at once, and
+    wait until they are gone: processes a command started (a local Ray's raylet, workers and actors)
+    need not share its process group, and one left alive could go on writing."""
+    doomed = _descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in doomed if pid != proc.pid):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of {proc.args!r} outlived SIGKILL")
+        time.sleep(0.1)
+
+
 def _hex_address(text: str) -> str:
     """/proc/net/tcp{,6} local address -> dotted IPv4 (IPv4-mapped IPv6 included) or an IPv6 hex string."""
     import ipaddress

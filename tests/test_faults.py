@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -297,8 +296,7 @@ def _kill_at(command: list[str], delay_s: float, cwd, env=None) -> bool:
         proc.wait(timeout=delay_s)
         return False
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        services.kill_tree(proc)
         return True
 
 
@@ -488,3 +486,63 @@ def test_the_metrics_sender_waits_out_an_outage_and_drops_only_what_the_server_r
     assert sender.close(timeout_s=10)
     assert server.accepted == [["a"], ["b"], ["c"]]
     assert (sender.outages, sender.rejected) == (1, 1) and sender.outage_s > 0.1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_killed_at_random_moments_ends_with_the_uninterrupted_loss(tmp_path):
+    """`ctvis train` (its driver and the local Ray it started) SIGKILLed at seeded moments, checkpoint
+    uploads included, then the same command again: it ends at the planned step with the loss of a run
+    never interrupted, and every checkpoint left behind is whole."""
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.weights import check_checkpoint_complete
+    from tests.test_train_integration import make_synthetic_shards, tiny_overrides
+
+    train_shards, val_shards = make_synthetic_shards(str(tmp_path / "data"))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, **services.ray_loopback_env(home)}
+    env.pop("RAY_ADDRESS", None)
+    max_iter = 8
+
+    def command(run_name: str) -> list[str]:
+        overrides = tiny_overrides(train_shards, val_shards, str(tmp_path / "runs"),
+                                   f"sqlite:///{tmp_path / 'mlflow.db'}")
+        return [sys.executable, "-m", "pipelines.cli", "train", str(TINY), *overrides, f"train.run_name={run_name}",
+                f"train.schedule={{max_iter: {max_iter}, steps: [6], warmup_iters: 2}}", "train.eval_period=0"]
+
+    clean = subprocess.run(command("clean"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+                           start_new_session=True)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    expected = storage.read_json(str(tmp_path / "runs" / "clean" / "ctvis_run.json"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = random.Random(15)
+    for trial in range(2):
+        name = f"killed{trial}"
+        # A seeded moment after the first step: training steps and checkpoint uploads, not start-up.
+        run_dir = tmp_path / "runs" / name
+        proc = subprocess.Popen(command(name), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not (run_dir / "progress.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 6.0))  # 8 steps and 4 checkpoints take longer than this
+        services.kill_tree(proc)  # the driver, its Ray and the training workers
+        assert not storage.read_json(str(run_dir / "ctvis_run.json")).get("finished")  # killed before its end
+        for checkpoint in sorted(run_dir.glob("checkpoint_step*")):
+            if (checkpoint / "meta.json").exists():
+                check_checkpoint_complete(str(checkpoint))
+        again = subprocess.run(command(name), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+                               start_new_session=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+        info = storage.read_json(str(run_dir / "ctvis_run.json"))
+        assert info["finished"] and info["final_step"] == max_iter
+        assert info["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5), trial
+        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                  filter_string=f"tags.ray_run_name = '{name}'")
+        assert [r.info.run_id for r in runs] == [info["mlflow_run_id"]]  # one run, continued by the second command
+        assert runs[0].info.status == "FINISHED"

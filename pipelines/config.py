@@ -192,6 +192,9 @@ class ComputeConfig(_Strict):
     gpus_per_worker: float = Field(default=1.0, ge=0)
     max_failures: int = Field(default=3, ge=0, description="worker-group restarts (a lost worker or node) from "
                               "the last checkpoint before the run fails")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="Ray placement of the workers: PACK fills a node first (fast collectives); "
+        "SPREAD puts them on different nodes where it can, so one lost node costs fewer workers")
     cpus_per_decoder: float = Field(default=0.25, gt=0, description="CPUs of each Ray Data clip-decoder actor")
     data_cpu_limit: Optional[float] = Field(default=None, gt=0, description="cap on the CPUs Ray Data may use per worker")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="the driver warns (with what the cluster waits "

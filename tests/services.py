@@ -177,7 +177,7 @@ def ray_loopback_env(home: Path) -> dict[str, str]:
     }
 
 
-def _descendants(root: int) -> set[int]:
+def descendants(root: int) -> set[int]:
     """`root` and every process below it (from /proc's parent links)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -209,7 +209,7 @@ def kill_tree(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGKILL `proc` (started with start_new_session=True) and every process below it, at once, and
     wait until they are gone: processes a command started (a local Ray's raylet, workers and actors)
     need not share its process group, and one left alive could go on writing."""
-    doomed = _descendants(proc.pid)
+    doomed = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     for pid in doomed:
@@ -238,7 +238,7 @@ def _hex_address(text: str) -> str:
 def listening_sockets(root_pid: int) -> list[tuple[str, int, int]]:
     """(address, port, pid) of every TCP socket listening in `root_pid` or its descendants."""
     inodes: dict[str, int] = {}
-    for pid in _descendants(root_pid):
+    for pid in descendants(root_pid):
         try:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 try:

@@ -163,7 +163,7 @@ def build_trainer(experiment: Any, *, run_name: str, runs_root: str, tracking_ur
             "init_weights": init_weights,  # a pipelines.weights.WeightsSource, pinned by the driver
         },
         scaling_config=ScalingConfig(num_workers=compute.num_workers, use_gpu=compute.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=compute.placement_strategy),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,

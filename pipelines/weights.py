@@ -163,6 +163,31 @@ def fetch(source: WeightsSource, directory: str | Path) -> Path:
     return target
 
 
+def fetch_registered_file(source: WeightsSource, name: str, directory: str | Path) -> Optional[Path]:
+    """One file that sits beside the weights of a registered model version (its ``config.yaml``),
+    copied into `directory` without the weights themselves (hundreds of MB for an R50); None when the
+    version has no such file. Both layouts are found: the pyfunc model keeps its files under
+    ``artifacts/``, an older registration keeps them at the top."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    registry_name, version = source.registry_version.split("/")
+    try:
+        client = MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
+        root = client.get_model_version_download_uri(registry_name, version).rstrip("/")
+        for folder in ("", "artifacts"):
+            listing = mlflow.artifacts.list_artifacts(artifact_uri=f"{root}/{folder}" if folder else root,
+                                                      tracking_uri=source.tracking_uri)
+            if any(Path(entry.path).name == name and not entry.is_dir for entry in listing):
+                relative = f"{folder}/{name}" if folder else name
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{relative}",
+                                                                dst_path=str(directory),
+                                                                tracking_uri=source.tracking_uri))
+    except Exception as error:  # noqa: BLE001 - reported with the URI
+        raise WeightsError(f"{source.uri}: could not read {name} of {source.location}: {_first_line(error)}") from None
+    return None
+
+
 @dataclasses.dataclass
 class WeightsFile:
     kind: str  # "ours" (our model.pt / training state.pt: our parameter names) or "official" (detectron2 names)

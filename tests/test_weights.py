@@ -130,3 +130,36 @@ def test_registry_uris_resolve_to_a_pinned_version(tiny_config, tmp_path):
         resolve_weights("models:/nosuch@best", uri)
     with pytest.raises(WeightsError, match="expected models:/NAME/VERSION"):
         resolve_weights("models:/bad/name/x", uri)
+
+
+@pytest.mark.parametrize("layout", ["flat", "pyfunc"])
+def test_a_registered_models_config_is_read_without_downloading_its_weights(tmp_path, monkeypatch, layout):
+    """`ctvis predict/infer models:/...` read config.yaml on the driver; the weights beside it (177 MB
+    for an R50) are fetched once, where the model is built, not a second time for the config."""
+    import mlflow.artifacts
+
+    from pipelines.inference.model_source import resolve_model
+    from pipelines.mlflow_runs import MlflowRun
+    from pipelines.weights import fetch_registered_file
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = load_experiment(PROJECT_ROOT / "experiments" / "tiny.yaml", ["data.min_size_test=96"])
+    registered = tmp_path / "model"
+    files = registered / "artifacts" if layout == "pyfunc" else registered  # the pyfunc keeps its files below
+    files.mkdir(parents=True)
+    _save_ours(build_model(experiment.model), files / "model.pt")
+    (files / "config.yaml").write_text(experiment.to_yaml())
+    mlflow_run = MlflowRun(uri, workdir=str(tmp_path))
+    mlflow_run.start("config-only", run_name="r")
+    mlflow_run.log_artifact(registered, "model")
+    mlflow_run.register_model("cfg", "model", aliases=["best"])
+    mlflow_run.end()
+
+    downloaded = []
+    real_download = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda **kw: downloaded.append(kw["artifact_uri"]) or real_download(**kw))
+    model = resolve_model("models:/cfg@best", [], uri)
+    assert model.experiment.data.min_size_test == 96 and model.weights.location == "models:/cfg/1"
+    assert len(downloaded) == 1 and downloaded[0].endswith("config.yaml"), downloaded
+    assert fetch_registered_file(model.weights, "classes.json", tmp_path / "dl") is None

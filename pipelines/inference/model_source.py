@@ -19,8 +19,8 @@ from typing import Any, Optional, Sequence
 
 from pipelines import storage
 from pipelines.config import ConfigError, build_experiment, load_experiment, parse_yaml
-from pipelines.weights import (CHECKPOINT_STATE_FILE, WeightsError, WeightsSource, check_checkpoint_complete, fetch,
-                              is_registry_uri, resolve_weights)
+from pipelines.weights import (CHECKPOINT_STATE_FILE, WeightsError, WeightsSource, check_checkpoint_complete,
+                              fetch_registered_file, is_registry_uri, resolve_weights)
 
 CONFIG_FILE = "config.yaml"  # beside the weights in checkpoints and registered models
 WEIGHTS_KEY = "model.weights"
@@ -60,8 +60,8 @@ def resolve_model(model: str, overrides: Sequence[str] = (), tracking_uri: Optio
     if is_registry_uri(model):
         source = resolve_weights(model, tracking_uri)
         with tempfile.TemporaryDirectory() as tmp:
-            config_path = fetch(source, tmp).parent / CONFIG_FILE
-            if not config_path.is_file():
+            config_path = fetch_registered_file(source, CONFIG_FILE, tmp)  # only this file, not the weights
+            if config_path is None:
                 raise WeightsError(f"{model}: the registered version {source.registry_version} has no {CONFIG_FILE} "
                                    f"beside its weights: run it as EXPERIMENT.yaml model.weights={model}")
             text = config_path.read_text()

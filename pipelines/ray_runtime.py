@@ -202,3 +202,20 @@ def runtime_env_vars(env: Optional[dict[str, str]], what: str = "worker_env") ->
                          "(a runtime_env is not secret); give the cluster's nodes their own credentials (instance "
                          "role or the nodes' environment). A local Ray started by this command inherits its environment.")
     return {"env_vars": dict(env)}
+
+
+# The AWS credential variables Ray Tune copies from the driver into every trial actor's runtime_env.
+_TUNE_PROPAGATED_CREDENTIALS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                                          "AWS_SESSION_TOKEN"})
+
+
+def keep_credentials_out_of_tune_trials() -> None:
+    """Ray Tune puts the driver's AWS credentials in each trial actor's runtime_env
+    (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``), and Ray writes runtime_envs in clear
+    text to ``runtime_env_agent.log``: the secret key ended up there. Take the credentials off that
+    list, as `runtime_env_vars` refuses them: a local Ray started by the command inherits its
+    environment, and a cluster's nodes have their own (the whole set is dropped, because an access
+    key id handed over without its secret would hide a node's own credentials from botocore)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - _TUNE_PROPAGATED_CREDENTIALS

@@ -417,6 +417,70 @@ def test_ingest_predict_and_eval_keep_secrets_out_of_everything_they_write(s3_bu
         assert secret not in text and token not in text
 
 
+@pytest.mark.integration
+def test_a_sweep_keeps_secrets_out_of_everything_it_writes(s3_bucket, mlflow_server, tmp_path):
+    """`ctvis tune` (Ray Tune trials in Ray actors, the sweep's MLflow run with its trial table, the
+    split, the output cache and Tune's state on S3) with a sentinel AWS secret and MLflow token in its
+    environment: neither is in what it prints, what it writes to S3, the runs (params, tags,
+    artifacts) or the logs of the Ray it starts."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_predict import _split
+    from tests.test_tune import _ground_truth_cache
+
+    secret, token = "SENTINEL-aws-5c4b3a", "SENTINEL-token-2f1e0d"
+    root = f"s3://{s3_bucket}"
+    split = _split(f"{root}/data", videos=2, seed=8)
+    _ground_truth_cache(split, f"{root}/cache")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"""
+name: secret_sweep
+kind: tracker
+cache: {root}/cache
+split: {split}
+search_space:
+  model.tracker.match_score_thr: {{grid: [0.3, 0.9]}}
+num_samples: 1
+max_concurrent_trials: 2
+storage_root: {root}/sweeps
+""")
+    ray_tmp = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths have a length limit
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, **services.ray_loopback_env(home), "AWS_SECRET_ACCESS_KEY": secret,
+           "MLFLOW_TRACKING_TOKEN": token, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", "tune", str(sweep), "--tracking-uri",
+                               mlflow_server.tracking_uri], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=400, start_new_session=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        printed = done.stdout + done.stderr
+        written = [storage.read_bytes(uri).decode("utf-8", "replace")
+                   for uri in storage.ls(f"{root}/sweeps", recursive=True) if not uri.endswith("/")]
+        assert written  # Tune's state and results went to S3
+        ray_logs = [p for p in ray_tmp.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")]
+        assert ray_logs  # the Ray the command started wrote its logs here
+        logged = [p.read_bytes().decode("utf-8", "replace") for p in ray_logs]
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    client = MlflowClient(mlflow_server.tracking_uri)
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = next(r for r in everything if r.info.run_name == "sweep-secret_sweep")
+    runs = [parent] + [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.data.metrics["trials_finished"] == 2  # a tracker sweep's trials are rows of its run's table
+    recorded = []
+    for run in runs:
+        recorded += [str(run.data.params), str(run.data.tags)]
+        local = tmp_path / "artifacts" / run.info.run_id
+        client.download_artifacts(run.info.run_id, "", str(local))
+        recorded += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
+    for text in [printed, *written, *logged, *recorded]:
+        assert secret not in text and token not in text
+
+
 def test_secrets_never_travel_in_a_ray_runtime_env():
     """Ray writes runtime_envs in clear text to runtime_env_agent.log (seen with the secret of the test
     S3 server before this guard): every place that builds one refuses secret variables."""

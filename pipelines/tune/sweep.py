@@ -67,7 +67,7 @@ def run_sweep(sweep: Any, sweep_dir: Path, log: Callable[[str], None] = print, r
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from pipelines.mlflow_runs import MlflowRun, git_info
-    from pipelines.ray_runtime import connect
+    from pipelines.ray_runtime import connect, keep_credentials_out_of_tune_trials
     from pipelines.train.job import ray_storage
 
     started = time.time()
@@ -95,6 +95,7 @@ def run_sweep(sweep: Any, sweep_dir: Path, log: Callable[[str], None] = print, r
     root = sweep.storage_root if storage.is_remote(sweep.storage_root) else os.path.abspath(sweep.storage_root)
     state_uri = storage.join(root, sweep.name)
     connect(ray_address, log=log)
+    keep_credentials_out_of_tune_trials()
 
     # The MLflow parent run, reattached by a resumed driver.
     state_file = storage.join(state_uri, STATE_FILE)

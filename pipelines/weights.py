@@ -130,13 +130,9 @@ def fetch(source: WeightsSource, directory: str | Path) -> Path:
     directory = Path(directory)
     if source.registry_version is not None:
         import mlflow.artifacts
-        from mlflow.tracking import MlflowClient
 
-        name, version = source.registry_version.split("/")
         try:
-            client = MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
-            artifacts = client.get_model_version_download_uri(name, version)
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifacts, dst_path=str(directory),
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_version_root(source), dst_path=str(directory),
                                                              tracking_uri=source.tracking_uri))
         except Exception as error:  # noqa: BLE001 - reported with the URI
             raise WeightsError(f"{source.uri}: could not download {source.location}: {_first_line(error)}") from None
@@ -163,18 +159,24 @@ def fetch(source: WeightsSource, directory: str | Path) -> Path:
     return target
 
 
+def _version_root(source: WeightsSource) -> str:
+    """The artifact URI of a registered model version (`source` pinned to NAME/VERSION)."""
+    from mlflow.tracking import MlflowClient
+
+    name, version = source.registry_version.split("/")
+    client = MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
+    return client.get_model_version_download_uri(name, version).rstrip("/")
+
+
 def fetch_registered_file(source: WeightsSource, name: str, directory: str | Path) -> Optional[Path]:
     """One file that sits beside the weights of a registered model version (its ``config.yaml``),
     copied into `directory` without the weights themselves (hundreds of MB for an R50); None when the
     version has no such file. Both layouts are found: the pyfunc model keeps its files under
     ``artifacts/``, an older registration keeps them at the top."""
     import mlflow.artifacts
-    from mlflow.tracking import MlflowClient
 
-    registry_name, version = source.registry_version.split("/")
     try:
-        client = MlflowClient(tracking_uri=source.tracking_uri, registry_uri=source.tracking_uri)
-        root = client.get_model_version_download_uri(registry_name, version).rstrip("/")
+        root = _version_root(source)
         for folder in ("", "artifacts"):
             listing = mlflow.artifacts.list_artifacts(artifact_uri=f"{root}/{folder}" if folder else root,
                                                       tracking_uri=source.tracking_uri)

@@ -8,6 +8,7 @@ tests/test_train_integration.py, beside its clean run.)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -362,6 +363,43 @@ def test_eval_results_killed_at_random_moments_are_absent_or_whole(reference_dir
 
 # --------------------------------------------------------------------------------------------
 # Secrets.
+@contextlib.contextmanager
+def _sentinel_environment(tmp_path: Path, secret: str, token: str):
+    """(env, ray_tmp): this process's environment with a sentinel AWS secret and MLflow token, a local
+    Ray on loopback whose files go to `ray_tmp` (removed afterwards). moto accepts any secret: the
+    sentinel is the one every S3 request of the commands signs with."""
+    import shutil
+
+    ray_tmp = Path(f"/tmp/rs{os.getpid()}")  # short: Ray's socket paths have a length limit
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, **services.ray_loopback_env(home), "AWS_SECRET_ACCESS_KEY": secret,
+           "MLFLOW_TRACKING_TOKEN": token, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        yield env, ray_tmp
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _ray_log_texts(ray_tmp: Path) -> list[str]:
+    """Every log the Ray a command started wrote (there must be some)."""
+    logs = [p for p in ray_tmp.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")]
+    assert logs  # the Ray the commands started wrote its logs here
+    return [p.read_bytes().decode("utf-8", "replace") for p in logs]
+
+
+def _run_texts(client, runs: list, folder: Path) -> list[str]:
+    """The params, tags and every artifact file of each MLflow run, as text."""
+    texts = []
+    for run in runs:
+        texts += [str(run.data.params), str(run.data.tags)]
+        local = folder / run.info.run_id
+        client.download_artifacts(run.info.run_id, "", str(local))
+        texts += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
+    return texts
+
+
 @pytest.mark.integration
 def test_ingest_predict_and_eval_keep_secrets_out_of_everything_they_write(s3_bucket, mlflow_server, tiny_weights,
                                                                           tmp_path):
@@ -375,15 +413,8 @@ def test_ingest_predict_and_eval_keep_secrets_out_of_everything_they_write(s3_bu
     secret, token = "SENTINEL-aws-9a8b7c", "SENTINEL-token-6d5e4f"
     root = f"s3://{s3_bucket}"
     info = _generate(root, videos=2)
-    ray_tmp = Path(f"/tmp/rs{os.getpid()}")  # short: Ray's socket paths have a length limit
-    home = tmp_path / "home"
-    home.mkdir()
-    # moto accepts any secret: the sentinel is the one every S3 request of the commands signs with.
-    env = {**os.environ, **services.ray_loopback_env(home), "AWS_SECRET_ACCESS_KEY": secret,
-           "MLFLOW_TRACKING_TOKEN": token, "RAY_TMPDIR": str(ray_tmp)}
-    env.pop("RAY_ADDRESS", None)
     printed = ""
-    try:
+    with _sentinel_environment(tmp_path, secret, token) as (env, ray_tmp):
         for arguments in (
                 ["data", "ingest", "synth_secret", f"{root}/shards", "--annotations", info.annotations,
                  "--frames-root", info.frames_root],
@@ -398,20 +429,11 @@ def test_ingest_predict_and_eval_keep_secrets_out_of_everything_they_write(s3_bu
             printed += done.stdout + done.stderr
         written = [storage.read_bytes(uri).decode("utf-8", "replace") for uri in storage.ls(root, recursive=True)
                    if not uri.endswith((".parquet", ".jpg", ".zip"))]
-        ray_logs = [p for p in ray_tmp.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")]
-        assert ray_logs  # the Ray the commands started wrote its logs here
-        logged = [p.read_bytes().decode("utf-8", "replace") for p in ray_logs]
-    finally:
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        logged = _ray_log_texts(ray_tmp)
     client = MlflowClient(mlflow_server.tracking_uri)
     run = next(r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
                if r.info.run_name == "secrets")
-    recorded = [str(run.data.params), str(run.data.tags)]
-    local = tmp_path / "artifacts"
-    client.download_artifacts(run.info.run_id, "", str(local))
-    recorded += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
+    recorded = _run_texts(client, [run], tmp_path / "artifacts")
     assert len(recorded) > 3
     for text in [printed, *written, *logged, *recorded]:
         assert secret not in text and token not in text
@@ -444,13 +466,7 @@ num_samples: 1
 max_concurrent_trials: 2
 storage_root: {root}/sweeps
 """)
-    ray_tmp = Path(f"/tmp/rt{os.getpid()}")  # short: Ray's socket paths have a length limit
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, **services.ray_loopback_env(home), "AWS_SECRET_ACCESS_KEY": secret,
-           "MLFLOW_TRACKING_TOKEN": token, "RAY_TMPDIR": str(ray_tmp)}
-    env.pop("RAY_ADDRESS", None)
-    try:
+    with _sentinel_environment(tmp_path, secret, token) as (env, ray_tmp):
         done = subprocess.run([sys.executable, "-m", "pipelines.cli", "tune", str(sweep), "--tracking-uri",
                                mlflow_server.tracking_uri], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=400, start_new_session=True)
@@ -459,24 +475,13 @@ storage_root: {root}/sweeps
         written = [storage.read_bytes(uri).decode("utf-8", "replace")
                    for uri in storage.ls(f"{root}/sweeps", recursive=True) if not uri.endswith("/")]
         assert written  # Tune's state and results went to S3
-        ray_logs = [p for p in ray_tmp.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")]
-        assert ray_logs  # the Ray the command started wrote its logs here
-        logged = [p.read_bytes().decode("utf-8", "replace") for p in ray_logs]
-    finally:
-        import shutil
-
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        logged = _ray_log_texts(ray_tmp)
     client = MlflowClient(mlflow_server.tracking_uri)
     everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = next(r for r in everything if r.info.run_name == "sweep-secret_sweep")
     runs = [parent] + [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.data.metrics["trials_finished"] == 2  # a tracker sweep's trials are rows of its run's table
-    recorded = []
-    for run in runs:
-        recorded += [str(run.data.params), str(run.data.tags)]
-        local = tmp_path / "artifacts" / run.info.run_id
-        client.download_artifacts(run.info.run_id, "", str(local))
-        recorded += [p.read_bytes().decode("utf-8", "replace") for p in local.rglob("*") if p.is_file()]
+    recorded = _run_texts(client, runs, tmp_path / "artifacts")
     for text in [printed, *written, *logged, *recorded]:
         assert secret not in text and token not in text
 

@@ -116,19 +116,16 @@ def test_a_lost_node_costs_a_restart_from_the_last_checkpoint_and_nothing_else(s
                    "--disable-usage-stats", *[f"{flag}={port}" for flag, port in head_ports.items()]],
                   env, tmp_path / "ray-head.log")
 
-    def second_node(name: str) -> subprocess.Popen:
-        ports = {flag: services.free_port() for flag in (
-            "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")}
-        return _start([sys.executable, "-m", "tests.ray_node", "start", "--block", f"--address={gcs_address}",
-                       "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
-                       *[f"{flag}={port}" for flag, port in ports.items()]], env, tmp_path / f"{name}.log")
-
+    node_ports = {flag: services.free_port() for flag in (
+        "--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port")}
     node = None
     try:
         _wait_dashboard(f"http://127.0.0.1:{head_ports['--dashboard-port']}/api/version", head, 120,
                         tmp_path / "ray-head.log")
-        node = second_node("ray-node")
+        node = _start([sys.executable, "-m", "tests.ray_node", "start", "--block", f"--address={gcs_address}",
+                       "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+                       *[f"{flag}={port}" for flag, port in node_ports.items()]], env, tmp_path / "ray-node.log")
         _wait_nodes(env, gcs_address, 2, [head, node])
         for proc in (head, node):
             addresses = {address for address, _, _ in services.listening_sockets(proc.pid)}
